@@ -1,0 +1,362 @@
+"""Settings: embedded defaults, a TOML file, then environment variables, in that order.
+
+Every setting lives in one frozen dataclass per TOML section. A key ``section.key`` is
+overridden by ``CALLBRIDGE_<SECTION>_<KEY>``; the names fixed by the external interface
+(``ELEVENLABS_API_KEY``, ``DATABASE_URL``, ``PORT`` …) are aliases listed in
+:data:`ENV_ALIASES`. Problems raise :class:`ConfigError`, whose message is one line that
+names the setting.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_CONFIG_PATH = Path("config/callbridge.toml")
+
+
+class ConfigError(Exception):
+    """A missing or invalid setting. ``str()`` is one line naming the setting."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    public_url: str = ""
+    workers: int = 1
+    shutdown_timeout_s: float = 10.0
+    max_message_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioSettings:
+    auth_token: str = ""
+    validate: bool = True
+    continue_with: str = "pause"  # "pause" | "dial" | "none"
+    dial_number: str = ""
+    pause_seconds: int = 3600
+    stream_name: str = "callbridge"
+    shared_keys: tuple[str, ...] = ()  # "KEY_ID:SECRET" pairs for Twilio SharedKey (HMAC-SHA256) signing
+
+
+@dataclass(frozen=True, slots=True)
+class ScribeSettings:
+    api_key: str = ""
+    url: str = "wss://api.elevenlabs.io/v1/speech-to-text/realtime"
+    model_id: str = "scribe_v2_realtime"
+    audio_format: str = "ulaw_8000"  # "ulaw_8000" | "pcm_8000"
+    language: str = ""
+    include_timestamps: bool = True
+    keyterms: tuple[str, ...] = ()
+    chunk_ms: int = 100
+    connect_timeout_s: float = 10.0
+    final_transcript_timeout_s: float = 3.0
+    send_queue_chunks: int = 600
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSettings:
+    vad_threshold_db: float = 9.0
+    vad_min_level_dbfs: float = -50.0
+    vad_onset_ms: int = 60
+    vad_hangover_ms: int = 240
+    preroll_ms: int = 200
+    turn_end_ms: int = 600
+    takeover_ms: int = 300
+    soft_max_segment_ms: int = 20000
+    max_segment_ms: int = 30000
+    pause_split_ms: int = 200
+    min_commit_interval_ms: int = 1000
+    idle_commit_ms: int = 20000
+    backlog_limit_s: int = 120
+    catchup_speed: float = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakerSettings:
+    inbound_label: str = "caller"
+    outbound_label: str = "agent"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    urls: tuple[str, ...] = ()
+    secret: str = ""
+    timeout_s: float = 10.0
+    max_in_flight: int = 64
+    retry_for_s: float = 86400.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    tokens: tuple[str, ...] = ()
+    max_page_size: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    url: str = "sqlite:///./callbridge.db"
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    format: str = "auto"  # "auto" | "json" | "console"
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    twilio: TwilioSettings = field(default_factory=TwilioSettings)
+    scribe: ScribeSettings = field(default_factory=ScribeSettings)
+    turns: TurnSettings = field(default_factory=TurnSettings)
+    speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+    def replace(self, **sections: Any) -> Settings:
+        return dataclasses.replace(self, **sections)
+
+
+ENV_ALIASES: Mapping[str, tuple[str, str]] = {
+    "ELEVENLABS_API_KEY": ("scribe", "api_key"),
+    "TWILIO_AUTH_TOKEN": ("twilio", "auth_token"),
+    "CALLBRIDGE_PUBLIC_URL": ("server", "public_url"),
+    "DATABASE_URL": ("database", "url"),
+    "CALLBRIDGE_LANGUAGE": ("scribe", "language"),
+    "CALLBRIDGE_INBOUND_LABEL": ("speakers", "inbound_label"),
+    "CALLBRIDGE_OUTBOUND_LABEL": ("speakers", "outbound_label"),
+    "HOST": ("server", "host"),
+    "PORT": ("server", "port"),
+}
+
+SECRET_KEYS = frozenset(
+    {
+        ("scribe", "api_key"),
+        ("twilio", "auth_token"),
+        ("twilio", "shared_keys"),
+        ("webhook", "secret"),
+        ("api", "tokens"),
+    }
+)
+
+
+def env_name(section: str, key: str) -> str:
+    """The environment variable a user would set for ``section.key``."""
+    for alias, target in ENV_ALIASES.items():
+        if target == (section, key):
+            return alias
+    return f"CALLBRIDGE_{section.upper()}_{key.upper()}"
+
+
+def _section_types() -> dict[str, type[Any]]:
+    hints = typing.get_type_hints(Settings)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Settings)}
+
+
+def _coerce(setting: str, raw: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        if isinstance(raw, str):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if isinstance(raw, list | tuple) and all(isinstance(v, str) for v in raw):
+            return tuple(raw)
+        raise ConfigError(setting, f"expected a list of strings, got {raw!r}")
+    if origin in (types.UnionType, typing.Union):
+        return _coerce(setting, raw, str)
+    if annotation is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(setting, f"expected true or false, got {raw!r}")
+    if annotation is int:
+        if isinstance(raw, bool):
+            raise ConfigError(setting, f"expected a whole number, got {raw!r}")
+        try:
+            return int(str(raw).strip())
+        except ValueError:
+            raise ConfigError(setting, f"expected a whole number, got {raw!r}") from None
+    if annotation is float:
+        if isinstance(raw, bool):
+            raise ConfigError(setting, f"expected a number, got {raw!r}")
+        try:
+            return float(str(raw).strip())
+        except ValueError:
+            raise ConfigError(setting, f"expected a number, got {raw!r}") from None
+    if annotation is str:
+        if not isinstance(raw, str | int | float):
+            raise ConfigError(setting, f"expected text, got {raw!r}")
+        return str(raw)
+    raise ConfigError(setting, f"unsupported setting type {annotation!r}")
+
+
+def load_settings(
+    path: Path | str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build :class:`Settings` from defaults, the TOML file and the environment.
+
+    ``path`` (or ``CALLBRIDGE_CONFIG``) names the file; without either,
+    ``config/callbridge.toml`` is read if it exists, else only the embedded defaults apply.
+    """
+    env = dict(os.environ if environ is None else environ)
+    explicit = path if path is not None else env.get("CALLBRIDGE_CONFIG") or None
+    file_values: dict[str, Any] = {}
+    config_path = Path(explicit) if explicit else DEFAULT_CONFIG_PATH
+    if explicit or config_path.exists():
+        try:
+            file_values = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("CALLBRIDGE_CONFIG", f"no such file {config_path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("CALLBRIDGE_CONFIG", f"cannot read {config_path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("CALLBRIDGE_CONFIG", f"{config_path} is not valid TOML: {exc}") from None
+
+    sections: dict[str, Any] = {}
+    for section_name, section_type in _section_types().items():
+        hints = typing.get_type_hints(section_type)
+        values: dict[str, Any] = {}
+        table = file_values.get(section_name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section_name}]", "must be a TOML table")
+        known = {f.name for f in dataclasses.fields(section_type)}
+        for key in table:
+            if key not in known:
+                raise ConfigError(f"{section_name}.{key}", "unknown setting in the config file")
+        for f in dataclasses.fields(section_type):
+            name = env_name(section_name, f.name)
+            if name in env:
+                values[f.name] = _coerce(name, env[name], hints[f.name])
+            elif f.name in table:
+                values[f.name] = _coerce(f"{section_name}.{f.name}", table[f.name], hints[f.name])
+        sections[section_name] = section_type(**values)
+    for section_name in file_values:
+        if section_name not in sections:
+            raise ConfigError(f"[{section_name}]", "unknown section in the config file")
+    settings = Settings(**sections)
+    check_values(settings)
+    return settings
+
+
+def _check_http_url(setting: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError(setting, f"{url!r} is not an http(s) URL")
+
+
+def decode_webhook_secret(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks ``whsec_<base64>`` secret."""
+    setting = "CALLBRIDGE_WEBHOOK_SECRET"
+    if not secret.startswith("whsec_"):
+        raise ConfigError(setting, "must look like whsec_<base64>")
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(setting, "the part after whsec_ is not valid base64") from None
+    if len(key) < 16:
+        raise ConfigError(setting, "the key is shorter than 16 bytes")
+    return key
+
+
+def check_values(settings: Settings) -> None:
+    """Checks that hold for every command: values that are set must make sense."""
+    s = settings
+    if not 0 < s.server.port < 65536:
+        raise ConfigError("PORT", f"{s.server.port} is not a TCP port")
+    if s.server.workers < 1:
+        raise ConfigError("CALLBRIDGE_SERVER_WORKERS", "must be at least 1")
+    if s.server.public_url:
+        parts = urlsplit(s.server.public_url)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ConfigError(
+                "CALLBRIDGE_PUBLIC_URL",
+                f"{s.server.public_url!r} must be an http(s) base URL such as https://bridge.example.com",
+            )
+        if parts.query or parts.fragment:
+            raise ConfigError("CALLBRIDGE_PUBLIC_URL", "must not carry a query or fragment")
+    if s.scribe.audio_format not in {"ulaw_8000", "pcm_8000"}:
+        raise ConfigError(
+            "CALLBRIDGE_SCRIBE_AUDIO_FORMAT", f"{s.scribe.audio_format!r} is not ulaw_8000 or pcm_8000"
+        )
+    scribe_url = urlsplit(s.scribe.url)
+    if scribe_url.scheme not in {"ws", "wss"} or not scribe_url.netloc:
+        raise ConfigError("CALLBRIDGE_SCRIBE_URL", f"{s.scribe.url!r} is not a ws(s) URL")
+    if not 20 <= s.scribe.chunk_ms <= 1000 or s.scribe.chunk_ms % 20:
+        raise ConfigError("CALLBRIDGE_SCRIBE_CHUNK_MS", "must be a multiple of 20 between 20 and 1000")
+    if s.twilio.continue_with not in {"pause", "dial", "none"}:
+        raise ConfigError(
+            "CALLBRIDGE_TWILIO_CONTINUE_WITH", f"{s.twilio.continue_with!r} is not pause, dial or none"
+        )
+    if s.twilio.continue_with == "dial" and not s.twilio.dial_number:
+        raise ConfigError("CALLBRIDGE_TWILIO_DIAL_NUMBER", "is required when continue_with is dial")
+    t = s.turns
+    if not 0 < t.soft_max_segment_ms < t.max_segment_ms <= 80000:
+        raise ConfigError(
+            "CALLBRIDGE_TURNS_MAX_SEGMENT_MS",
+            "need 0 < soft_max_segment_ms < max_segment_ms <= 80000 (Scribe auto-commits at 90 s)",
+        )
+    if t.turn_end_ms < t.vad_hangover_ms:
+        raise ConfigError("CALLBRIDGE_TURNS_TURN_END_MS", "must not be shorter than vad_hangover_ms")
+    if t.catchup_speed < 1.0:
+        raise ConfigError("CALLBRIDGE_TURNS_CATCHUP_SPEED", "must be at least 1.0")
+    for url in s.webhook.urls:
+        _check_http_url("CALLBRIDGE_WEBHOOK_URLS", url)
+    if s.webhook.secret:
+        decode_webhook_secret(s.webhook.secret)
+    db = s.database.url
+    if not (db.startswith("sqlite:///") or db.startswith(("postgresql://", "postgres://"))):
+        raise ConfigError("DATABASE_URL", f"{db!r} is neither sqlite:///PATH nor postgresql://…")
+    if s.logging.format not in {"auto", "json", "console"}:
+        raise ConfigError("CALLBRIDGE_LOGGING_FORMAT", "must be auto, json or console")
+
+
+def check_serve(settings: Settings) -> None:
+    """The settings ``callbridge serve`` cannot run without."""
+    if not settings.scribe.api_key:
+        raise ConfigError("ELEVENLABS_API_KEY", "is not set; the bridge needs it to open Scribe sessions")
+    if not settings.server.public_url:
+        raise ConfigError(
+            "CALLBRIDGE_PUBLIC_URL",
+            "is not set; it builds the <Stream url> and the URLs Twilio signatures are checked against",
+        )
+    if settings.twilio.validate and not settings.twilio.auth_token:
+        raise ConfigError(
+            "TWILIO_AUTH_TOKEN",
+            "is not set; it validates X-Twilio-Signature (CALLBRIDGE_TWILIO_VALIDATE=false turns checks off)",
+        )
+
+
+def redacted(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The settings as a dict with every secret masked, for logs and ``--print-config``."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in dataclasses.fields(settings):
+        values = dataclasses.asdict(getattr(settings, section.name))
+        for key, value in values.items():
+            if (section.name, key) in SECRET_KEYS and value:
+                values[key] = "***"
+        out[section.name] = values
+    return out

@@ -1,0 +1,25 @@
+"""Typed keys for what the aiohttp application carries, shared by every route module."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from aiohttp import web
+
+from callbridge.config import Settings
+from callbridge.models import EndReason
+from callbridge.store.base import Store
+
+
+class LiveCalls(Protocol):
+    """The calls whose media stream is open in this process."""
+
+    def is_live(self, call_sid: str) -> bool: ...
+
+    async def end_call(self, call_sid: str, reason: EndReason) -> bool:
+        """Finish a live call (commit its last turn, await its transcript); False if unknown."""
+
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+LIVE_CALLS = web.AppKey("live_calls", LiveCalls)

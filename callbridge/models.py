@@ -1,0 +1,142 @@
+"""Value objects that cross module boundaries: calls, committed segments, call ends.
+
+Everything here is immutable and free of I/O. The bridge produces these; the store, the
+webhook dispatcher, the summary and the API consume them. Times on the Twilio stream clock
+are integer milliseconds since the stream started (``start_ms``/``end_ms``); wall-clock
+times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+class Track(enum.StrEnum):
+    """A Twilio media track, spelled as in ``media.track``."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class EndReason(enum.StrEnum):
+    """Why a call's transcription ended (``call.ended`` ``reason``)."""
+
+    STOP = "stop"  # Twilio sent `stop`
+    HANGUP = "hangup"  # the media socket closed without `stop`
+    COMPLETED = "completed"  # a `completed` status callback arrived first
+    SHUTDOWN = "shutdown"  # the bridge was asked to stop (SIGTERM)
+    ERROR = "error"  # the stream broke (protocol error, fatal Scribe error)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(moment: datetime) -> str:
+    """RFC 3339 UTC with millisecond precision and a ``Z`` suffix."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One recognised word, its times mapped onto the Twilio stream clock."""
+
+    text: str
+    start_ms: int
+    end_ms: int
+    type: str = "word"
+    logprob: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "text": self.text,
+            "start_ms": self.start_ms,
+            "end_ms": self.end_ms,
+            "type": self.type,
+        }
+        if self.logprob is not None:
+            out["logprob"] = self.logprob
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Word:
+        logprob = raw.get("logprob")
+        return cls(
+            text=str(raw["text"]),
+            start_ms=int(raw["start_ms"]),
+            end_ms=int(raw["end_ms"]),
+            type=str(raw.get("type", "word")),
+            logprob=float(logprob) if logprob is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """What is known about a call when its media stream starts (``call.started``)."""
+
+    call_sid: str
+    stream_sid: str
+    account_sid: str
+    from_number: str | None
+    to_number: str | None
+    tracks: tuple[str, ...]
+    custom_parameters: Mapping[str, str]
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedSegment:
+    """One speaker's committed transcript for one stretch of the call."""
+
+    call_sid: str
+    stream_sid: str
+    sequence: int  # 1, 2, 3 … per call, no gaps
+    speaker: str  # the configured label of `track`
+    track: Track
+    text: str
+    start_ms: int
+    end_ms: int
+    language_code: str | None
+    words: tuple[Word, ...] = ()
+    committed_at: datetime = field(default_factory=utc_now)
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """A half-open span ``[start_ms, end_ms)`` on the stream clock."""
+
+    start_ms: int
+    end_ms: int
+
+    @property
+    def duration_ms(self) -> int:
+        return max(0, self.end_ms - self.start_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackActivity:
+    """The voice activity the bridge measured on one track: its speech intervals."""
+
+    track: Track
+    speaker: str
+    speech: tuple[Interval, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """The end of a call's transcription, after its last segment was committed."""
+
+    call_sid: str
+    stream_sid: str
+    ended_at: datetime
+    duration_ms: int  # length of the stream on its own clock
+    reason: EndReason
+    segments: int  # committed segments, empty ones included
+    activity: tuple[TrackActivity, ...]
+    language_code: str | None = None
+    degraded: str | None = None  # why transcription was incomplete, if it was
+    audio_lost_ms: int = 0  # audio the bridge had to drop (never silently)
