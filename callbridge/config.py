@@ -52,7 +52,9 @@ class TwilioSettings:
     dial_number: str = ""
     pause_seconds: int = 3600
     stream_name: str = "callbridge"
-    shared_keys: tuple[str, ...] = ()  # "KEY_ID:SECRET" pairs for Twilio SharedKey (HMAC-SHA256) signing
+    shared_keys: tuple[
+        str, ...
+    ] = ()  # "KEY_ID:SECRET" pairs for Twilio SharedKey (HMAC-SHA256) signing
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +236,9 @@ def load_settings(
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError("CALLBRIDGE_CONFIG", f"cannot read {config_path}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("CALLBRIDGE_CONFIG", f"{config_path} is not valid TOML: {exc}") from None
+            raise ConfigError(
+                "CALLBRIDGE_CONFIG", f"{config_path} is not valid TOML: {exc}"
+            ) from None
 
     sections: dict[str, Any] = {}
     for section_name, section_type in _section_types().items():
@@ -300,16 +304,20 @@ def check_values(settings: Settings) -> None:
             raise ConfigError("CALLBRIDGE_PUBLIC_URL", "must not carry a query or fragment")
     if s.scribe.audio_format not in {"ulaw_8000", "pcm_8000"}:
         raise ConfigError(
-            "CALLBRIDGE_SCRIBE_AUDIO_FORMAT", f"{s.scribe.audio_format!r} is not ulaw_8000 or pcm_8000"
+            "CALLBRIDGE_SCRIBE_AUDIO_FORMAT",
+            f"{s.scribe.audio_format!r} is not ulaw_8000 or pcm_8000",
         )
     scribe_url = urlsplit(s.scribe.url)
     if scribe_url.scheme not in {"ws", "wss"} or not scribe_url.netloc:
         raise ConfigError("CALLBRIDGE_SCRIBE_URL", f"{s.scribe.url!r} is not a ws(s) URL")
     if not 20 <= s.scribe.chunk_ms <= 1000 or s.scribe.chunk_ms % 20:
-        raise ConfigError("CALLBRIDGE_SCRIBE_CHUNK_MS", "must be a multiple of 20 between 20 and 1000")
+        raise ConfigError(
+            "CALLBRIDGE_SCRIBE_CHUNK_MS", "must be a multiple of 20 between 20 and 1000"
+        )
     if s.twilio.continue_with not in {"pause", "dial", "none"}:
         raise ConfigError(
-            "CALLBRIDGE_TWILIO_CONTINUE_WITH", f"{s.twilio.continue_with!r} is not pause, dial or none"
+            "CALLBRIDGE_TWILIO_CONTINUE_WITH",
+            f"{s.twilio.continue_with!r} is not pause, dial or none",
         )
     if s.twilio.continue_with == "dial" and not s.twilio.dial_number:
         raise ConfigError("CALLBRIDGE_TWILIO_DIAL_NUMBER", "is required when continue_with is dial")
@@ -320,7 +328,9 @@ def check_values(settings: Settings) -> None:
             "need 0 < soft_max_segment_ms < max_segment_ms <= 80000 (Scribe auto-commits at 90 s)",
         )
     if t.turn_end_ms < t.vad_hangover_ms:
-        raise ConfigError("CALLBRIDGE_TURNS_TURN_END_MS", "must not be shorter than vad_hangover_ms")
+        raise ConfigError(
+            "CALLBRIDGE_TURNS_TURN_END_MS", "must not be shorter than vad_hangover_ms"
+        )
     if t.catchup_speed < 1.0:
         raise ConfigError("CALLBRIDGE_TURNS_CATCHUP_SPEED", "must be at least 1.0")
     for url in s.webhook.urls:
@@ -337,16 +347,20 @@ def check_values(settings: Settings) -> None:
 def check_serve(settings: Settings) -> None:
     """The settings ``callbridge serve`` cannot run without."""
     if not settings.scribe.api_key:
-        raise ConfigError("ELEVENLABS_API_KEY", "is not set; the bridge needs it to open Scribe sessions")
+        raise ConfigError(
+            "ELEVENLABS_API_KEY", "is not set; the bridge needs it to open Scribe sessions"
+        )
     if not settings.server.public_url:
         raise ConfigError(
             "CALLBRIDGE_PUBLIC_URL",
-            "is not set; it builds the <Stream url> and the URLs Twilio signatures are checked against",
+            "is not set; it builds the <Stream url> and the URLs Twilio signatures are "
+            "checked against",
         )
     if settings.twilio.validate and not settings.twilio.auth_token:
         raise ConfigError(
             "TWILIO_AUTH_TOKEN",
-            "is not set; it validates X-Twilio-Signature (CALLBRIDGE_TWILIO_VALIDATE=false turns checks off)",
+            "is not set; it validates X-Twilio-Signature "
+            "(CALLBRIDGE_TWILIO_VALIDATE=false turns the checks off)",
         )
 
 

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from callbridge.config import Settings
 from callbridge.models import EndReason
+from callbridge.sink import CallEventSink
 from callbridge.store.base import Store
 
 
@@ -23,3 +24,4 @@ class LiveCalls(Protocol):
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 LIVE_CALLS = web.AppKey("live_calls", LiveCalls)
+SINK = web.AppKey("sink", CallEventSink)

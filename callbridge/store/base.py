@@ -8,10 +8,13 @@ its ``transcript.committed`` event, a call's end, its summary and its ``call.end
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from callbridge.models import CallEnded, CallInfo, CommittedSegment
@@ -86,9 +89,7 @@ class Store(Protocol):
     ) -> None:
         """Store the end, the summary and the ``call.ended`` event, in one transaction."""
 
-    async def twilio_status(
-        self, call_sid: str, status: str, duration_s: int | None
-    ) -> None:
+    async def twilio_status(self, call_sid: str, status: str, duration_s: int | None) -> None:
         """Record a Twilio call status callback."""
 
     async def get_call(self, call_sid: str) -> CallRecord | None: ...
@@ -102,3 +103,109 @@ class Store(Protocol):
 
     async def delete_call(self, call_sid: str) -> bool:
         """Erase the call, its segments and its undelivered events; False if unknown."""
+
+
+# --- the webhook outbox: per-target deliveries (added for the dispatcher) -----------------
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting for its turn, due, in flight, or waiting for a retry
+    DELIVERED = "delivered"  # a target answered 2xx
+    FAILED = "failed"  # final: a non-retryable answer, or retries ran out
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event for one target, claimed by a dispatcher (it holds the lease)."""
+
+    delivery_id: int
+    event_id: str
+    call_sid: str
+    event_type: str
+    target: str
+    body: bytes
+    attempts: int  # attempts already made before this one
+    created_at: datetime  # when the event was enqueued; retries stop retry_for_s after it
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryCounts:
+    pending: int
+    delivered: int
+    failed: int
+
+
+class OutboxStore(Protocol):
+    """The outbox half of the store, as the webhook dispatcher uses it.
+
+    Deliveries are created inside ``call_started``/``segment_committed``/``call_ended``:
+    one per event per configured target (the store is built with the target list). For
+    every (call, target) only the oldest unfinished delivery is ever claimable, so events
+    of one call reach one target in order; other calls and targets never wait on it.
+    """
+
+    async def claim_deliveries(
+        self, now: datetime, limit: int, owner: str, lease_s: float, target: str | None = None
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` due deliveries (oldest first) to ``owner`` for ``lease_s``."""
+
+    async def mark_delivered(self, delivery_id: int, owner: str) -> bool:
+        """Finish a delivery as delivered; False if ``owner`` no longer holds its lease."""
+
+    async def mark_retry(
+        self, delivery_id: int, owner: str, next_attempt_at: datetime, error: str
+    ) -> bool:
+        """Count a failed attempt and make the delivery due again at ``next_attempt_at``."""
+
+    async def mark_failed(self, delivery_id: int, owner: str, error: str) -> bool:
+        """Count a final failed attempt; the next event of the call becomes claimable."""
+
+    async def release_claims(self, owner: str) -> int:
+        """Give up every lease ``owner`` holds (a dispatcher stopping with work in flight)."""
+
+    async def delivery_counts(self) -> DeliveryCounts: ...
+
+    async def pending_deliveries_exist(self) -> bool: ...
+
+    async def purge_finished_deliveries(self, finished_before: datetime) -> int:
+        """Delete finished deliveries (and events left without any) older than a moment."""
+
+
+class DurableStore(Store, OutboxStore, Protocol):
+    """What :func:`callbridge.store.factory.open_store` returns: calls, segments, outbox."""
+
+
+# --- helpers shared by the SQL backends -----------------------------------------------------
+
+
+def encode_cursor(created_at_us: int, call_sid: str) -> str:
+    """The opaque ``list_calls`` cursor: the position of the last call on a page."""
+    raw = json.dumps([created_at_us, call_sid], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """Inverse of :func:`encode_cursor`; ``ValueError`` for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at_us, call_sid = json.loads(raw)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise ValueError("invalid cursor") from exc
+    if not isinstance(created_at_us, int) or not isinstance(call_sid, str):
+        raise ValueError("invalid cursor")
+    return created_at_us, call_sid
+
+
+def to_micros(moment: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime (naive means UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -1,0 +1,187 @@
+"""The ``/v1`` retrieval API (interface §3) and ``GET /openapi.json``.
+
+:func:`setup_api` adds the routes and the bearer-token middleware to an application that
+already carries ``SETTINGS`` and ``STORE`` (``LIVE_CALLS`` is optional). Decisions beyond
+the interface:
+
+* ``GET /v1/calls``: ``limit`` 1…``ApiSettings.max_page_size`` (default 50), ``cursor`` as
+  returned in ``next_cursor``; anything else is ``400``.
+* ``GET /v1/calls/{sid}/summary``: ``409 call_not_ended`` while the call is ringing or live.
+* ``DELETE /v1/calls/{sid}``: ``409 call_live`` while the call is live (erasing it would
+  race the bridge still writing its segments); ``?force=true`` erases a call that is
+  recorded as live but whose stream is not open in this process (e.g. after a crash).
+  Ringing and ended calls are erased at once.
+* A store failure is ``503 store_unavailable``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from callbridge.api.auth import v1_middleware
+from callbridge.api.formats import (
+    CONTENT_TYPES,
+    TEXT_RENDERERS,
+    TRANSCRIPT_FORMATS,
+    call_to_json,
+    transcript_to_json,
+)
+from callbridge.api.openapi import openapi_document
+from callbridge.context import LIVE_CALLS, SETTINGS, STORE
+from callbridge.http_errors import json_error
+from callbridge.store.base import CallRecord, CallStatus
+
+DEFAULT_PAGE_SIZE = 50
+
+OPENAPI_DOCUMENT = web.AppKey("openapi_document", dict)
+
+
+def _call_sid(request: web.Request) -> str:
+    return request.match_info["call_sid"]
+
+
+def call_not_found(call_sid: str) -> web.Response:
+    return json_error(404, "call_not_found", f"no call {call_sid!r}")
+
+
+async def _find_call(request: web.Request) -> CallRecord | web.Response:
+    call_sid = _call_sid(request)
+    call = await request.config_dict[STORE].get_call(call_sid)
+    return call if call is not None else call_not_found(call_sid)
+
+
+def _is_live_here(request: web.Request, call_sid: str) -> bool:
+    live_calls = request.config_dict.get(LIVE_CALLS)
+    return live_calls is not None and live_calls.is_live(call_sid)
+
+
+class QueryError(Exception):
+    """A query parameter given more than once."""
+
+
+def single_query(request: web.Request, name: str) -> str | None:
+    """The one value of query parameter ``name`` (None if absent); QueryError if repeated."""
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise QueryError(name)
+    return values[0] if values else None
+
+
+def repeated(name: str) -> web.Response:
+    return json_error(400, f"invalid_{name}", f"{name} may be given only once")
+
+
+def parse_limit(raw: str | None, max_page_size: int) -> int | None:
+    """The page size, or None when ``raw`` is not a whole number in 1…max_page_size."""
+    if raw is None:
+        return min(DEFAULT_PAGE_SIZE, max_page_size)
+    text = raw.strip()
+    if not text.isdigit() or not text.isascii():
+        return None
+    limit = int(text)
+    return limit if 1 <= limit <= max_page_size else None
+
+
+async def list_calls(request: web.Request) -> web.Response:
+    max_page_size = request.config_dict[SETTINGS].api.max_page_size
+    try:
+        raw_limit = single_query(request, "limit")
+        cursor = single_query(request, "cursor") or None
+    except QueryError as exc:
+        return repeated(str(exc))
+    limit = parse_limit(raw_limit, max_page_size)
+    if limit is None:
+        return json_error(
+            400, "invalid_limit", f"limit must be a whole number from 1 to {max_page_size}"
+        )
+    try:
+        calls, next_cursor = await request.config_dict[STORE].list_calls(limit, cursor)
+    except ValueError:
+        return json_error(400, "invalid_cursor", "cursor is not one this API returned")
+    return web.json_response(
+        {"calls": [call_to_json(call) for call in calls], "next_cursor": next_cursor}
+    )
+
+
+async def get_call(request: web.Request) -> web.Response:
+    found = await _find_call(request)
+    if isinstance(found, web.Response):
+        return found
+    return web.json_response(call_to_json(found))
+
+
+async def get_transcript(request: web.Request) -> web.Response:
+    try:
+        output = single_query(request, "format") or "json"
+    except QueryError:
+        return repeated("format")
+    if output not in TRANSCRIPT_FORMATS:
+        return json_error(
+            400, "invalid_format", f"format must be one of {', '.join(TRANSCRIPT_FORMATS)}"
+        )
+    found = await _find_call(request)
+    if isinstance(found, web.Response):
+        return found
+    segments = await request.config_dict[STORE].get_segments(found.call_sid)
+    if output == "json":
+        return web.json_response(transcript_to_json(found, segments))
+    return web.Response(
+        text=TEXT_RENDERERS[output](segments),
+        content_type=CONTENT_TYPES[output],
+        charset="utf-8",
+    )
+
+
+async def get_summary(request: web.Request) -> web.Response:
+    found = await _find_call(request)
+    if isinstance(found, web.Response):
+        return found
+    if found.status != CallStatus.ENDED:
+        return json_error(
+            409,
+            "call_not_ended",
+            f"call {found.call_sid!r} is {found.status}; its summary exists once it has ended",
+        )
+    if found.summary is None:
+        return json_error(404, "summary_not_found", f"call {found.call_sid!r} has no summary")
+    return web.json_response(dict(found.summary))
+
+
+async def delete_call(request: web.Request) -> web.Response:
+    found = await _find_call(request)
+    if isinstance(found, web.Response):
+        return found
+    try:
+        raw_force = single_query(request, "force") or "false"
+    except QueryError:
+        return repeated("force")
+    if raw_force not in {"true", "false"}:
+        return json_error(400, "invalid_force", "force must be true or false")
+    force = raw_force == "true"
+    live_here = _is_live_here(request, found.call_sid)
+    if live_here or (found.status == CallStatus.LIVE and not force):
+        return json_error(
+            409,
+            "call_live",
+            f"call {found.call_sid!r} is live; erase it after it ends"
+            + ("" if live_here else " (or with ?force=true if its stream is gone)"),
+        )
+    if not await request.config_dict[STORE].delete_call(found.call_sid):
+        return call_not_found(found.call_sid)
+    return web.Response(status=204)
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI_DOCUMENT])
+
+
+def setup_api(app: web.Application) -> None:
+    """Add the ``/v1`` routes, their auth middleware and ``GET /openapi.json`` to ``app``."""
+    app.middlewares.append(v1_middleware)
+    app[OPENAPI_DOCUMENT] = openapi_document(app[SETTINGS])
+    app.router.add_get("/v1/calls", list_calls, name="v1_list_calls")
+    app.router.add_get("/v1/calls/{call_sid}", get_call, name="v1_get_call")
+    app.router.add_get("/v1/calls/{call_sid}/transcript", get_transcript, name="v1_get_transcript")
+    app.router.add_get("/v1/calls/{call_sid}/summary", get_summary, name="v1_get_summary")
+    app.router.add_delete("/v1/calls/{call_sid}", delete_call, name="v1_delete_call")
+    app.router.add_get("/openapi.json", get_openapi, name="openapi")

@@ -1,0 +1,284 @@
+"""One call, end to end: Twilio frames in, committed segments out, through one Scribe stream.
+
+Per frame (the hot path) a :class:`CallSession` places the frame on its track's clock
+(:class:`TrackClock` fills timestamp gaps with μ-law silence), and hands it to the
+:class:`~callbridge.turns.TurnSegmenter`, which decides turns and feeds the
+:class:`~callbridge.transcriber.SegmentTranscriber`. No logging, tasks or I/O happen per
+frame. Transcripts come back as :class:`~callbridge.models.CommittedSegment` with gap-free
+sequence numbers and leave through a bounded queue to the call's
+:class:`~callbridge.sink.CallEventSink`, in order, on one writer task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from callbridge.audio.ulaw import BYTES_PER_MS, FRAME_MS, silence
+from callbridge.config import Settings
+from callbridge.models import (
+    CallEnded,
+    CallInfo,
+    CommittedSegment,
+    EndReason,
+    Track,
+    TrackActivity,
+    Word,
+    utc_now,
+)
+from callbridge.scribe.connection import ScribeConnection
+from callbridge.scribe.options import ScribeOptions
+from callbridge.sink import CallEventSink
+from callbridge.transcriber import Connect, SegmentTranscriber, TranscriberSettings
+from callbridge.turns import PlannedSegment, TurnSegmenter
+
+INTERNAL_PARAMETER_PREFIX = "cb_"
+_SINK_BACKLOG_WARNING = 256
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDescription:
+    """What the bridge needs from Twilio's ``start`` message."""
+
+    call_sid: str
+    stream_sid: str
+    account_sid: str
+    tracks: tuple[Track, ...]
+    custom_parameters: Mapping[str, str]
+
+
+class TrackClock:
+    """Places one track's frames on the stream clock and fills timestamp gaps with silence."""
+
+    __slots__ = ("duplicates", "filled_ms", "next_ms")
+
+    def __init__(self) -> None:
+        self.next_ms: int | None = None
+        self.filled_ms = 0
+        self.duplicates = 0
+
+    def place(self, timestamp_ms: int, payload: bytes) -> tuple[int, int] | None:
+        """Returns (fill_start_ms, fill_ms) for the silence owed before this frame, or None
+        to drop a duplicate or late frame. The frame itself then starts at
+        ``fill_start_ms + fill_ms`` and :attr:`next_ms` moves past it."""
+        expected = self.next_ms
+        if expected is None:
+            expected = timestamp_ms
+        gap = timestamp_ms - expected
+        if gap <= -FRAME_MS:
+            self.duplicates += 1
+            return None
+        fill = 0
+        if gap >= FRAME_MS:
+            fill = (gap + FRAME_MS // 2) // FRAME_MS * FRAME_MS  # whole frames only
+            self.filled_ms += fill
+        self.next_ms = expected + fill + len(payload) // BYTES_PER_MS
+        return expected, fill
+
+
+class CallSession:
+    """Runs one call's pipeline; created on Twilio's ``start``, finished exactly once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stream: StreamDescription,
+        sink: CallEventSink,
+        *,
+        connect: Connect | None = None,
+        transcriber_settings: TranscriberSettings | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stream = stream
+        self._sink = sink
+        self.log = structlog.get_logger("callbridge.call").bind(
+            call_sid=stream.call_sid, stream_sid=stream.stream_sid
+        )
+        self._labels = {
+            Track.INBOUND: settings.speakers.inbound_label,
+            Track.OUTBOUND: settings.speakers.outbound_label,
+        }
+        s = settings.scribe
+        options = ScribeOptions.from_settings(s)
+        self._transcriber = SegmentTranscriber(
+            options,
+            transcriber_settings
+            or TranscriberSettings(
+                chunk_ms=s.chunk_ms,
+                min_commit_interval_s=settings.turns.min_commit_interval_ms / 1000.0,
+                max_send_speed=settings.turns.catchup_speed,
+                final_transcript_timeout_s=s.final_transcript_timeout_s,
+                retain_limit_ms=settings.turns.backlog_limit_s * 1000,
+            ),
+            self._on_transcript,
+            connect=connect or ScribeConnection.open,
+            log=self.log,
+        )
+        self._segmenter = TurnSegmenter(stream.tracks, settings.turns, self._transcriber)
+        self._clocks = {track: TrackClock() for track in stream.tracks}
+        self._sequence = 0
+        # Committed results are never dropped; the queue only grows if the sink stalls,
+        # by about one segment per turn, and a stall is logged.
+        self._events: deque[CallInfo | CommittedSegment | CallEnded | None] = deque()
+        self._events_ready = asyncio.Event()
+        self._stall_logged = False
+        self._writer: asyncio.Task[None] | None = None
+        self._finished: asyncio.Future[CallEnded] | None = None
+        self._started_at = utc_now()
+        self._stream_end_ms = 0
+        self.frames = 0
+        self.ignored_frames = 0
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self, from_number: str | None, to_number: str | None) -> None:
+        params = self.stream.custom_parameters
+        info = CallInfo(
+            call_sid=self.stream.call_sid,
+            stream_sid=self.stream.stream_sid,
+            account_sid=self.stream.account_sid,
+            from_number=from_number,
+            to_number=to_number,
+            tracks=tuple(str(t) for t in self.stream.tracks),
+            custom_parameters={
+                k: v for k, v in params.items() if not k.startswith(INTERNAL_PARAMETER_PREFIX)
+            },
+            started_at=self._started_at,
+        )
+        self._writer = asyncio.create_task(self._write_events(), name="call-sink")
+        self._emit(info)
+        self._transcriber.start()
+        self.log.info("call.stream_started", tracks=info.tracks)
+
+    def on_media(self, track: Track, timestamp_ms: int, payload: bytes) -> None:
+        """One Twilio media frame. The hot path: no logging, no tasks, no I/O."""
+        clock = self._clocks.get(track)
+        if clock is None or self._finished is not None:
+            self.ignored_frames += 1
+            return
+        placed = clock.place(timestamp_ms, payload)
+        if placed is None:
+            return
+        start_ms, fill_ms = placed
+        push = self._segmenter.push
+        while fill_ms > 0:
+            push(track, start_ms, silence(FRAME_MS))
+            start_ms += FRAME_MS
+            fill_ms -= FRAME_MS
+        push(track, start_ms, payload)
+        self.frames += 1
+        end_ms = start_ms + len(payload) // BYTES_PER_MS
+        if end_ms > self._stream_end_ms:
+            self._stream_end_ms = end_ms
+
+    async def finish(self, reason: EndReason) -> CallEnded:
+        """Commit the last turn, await its transcript (bounded), close Scribe, emit the end.
+
+        Safe to call more than once and from several places (``stop``, socket close, status
+        callback, shutdown): the first call does the work, the others wait for it.
+        """
+        if self._finished is not None:
+            return await asyncio.shield(self._finished)
+        self._finished = asyncio.get_running_loop().create_future()
+        try:
+            self._segmenter.finish()
+            await self._transcriber.drain(self._drain_timeout())
+            degraded = self._transcriber.degraded
+            lost_ms = self._segmenter.lost_ms + self._transcriber.lost_ms
+            ended = CallEnded(
+                call_sid=self.stream.call_sid,
+                stream_sid=self.stream.stream_sid,
+                ended_at=utc_now(),
+                duration_ms=self._stream_end_ms,
+                reason=EndReason.ERROR if degraded and reason is EndReason.STOP else reason,
+                segments=self._sequence,
+                activity=tuple(
+                    TrackActivity(t, self._labels[t], self._segmenter.activity(t))
+                    for t in self._segmenter.tracks
+                ),
+                language_code=self._transcriber.language_code,
+                degraded=degraded,
+                audio_lost_ms=lost_ms,
+            )
+            self._emit(ended)
+            self._emit(None)
+            if self._writer is not None:
+                await self._writer
+            self.log.info(
+                "call.finished",
+                reason=str(ended.reason),
+                segments=ended.segments,
+                duration_ms=ended.duration_ms,
+                degraded=degraded,
+                audio_lost_ms=lost_ms,
+                gap_filled_ms=sum(c.filled_ms for c in self._clocks.values()),
+                reconnects=self._transcriber.reconnects,
+            )
+            self._finished.set_result(ended)
+            return ended
+        except BaseException as exc:
+            self._finished.set_exception(exc)
+            if self._writer is not None:
+                self._writer.cancel()
+            await self._transcriber.abort()
+            raise
+
+    def _drain_timeout(self) -> float:
+        s = self.settings
+        backlog_s = self._segmenter.held_bytes / BYTES_PER_MS / 1000.0
+        return s.scribe.final_transcript_timeout_s + backlog_s / s.turns.catchup_speed + 2.0
+
+    # -------------------------------------------------------------- results
+    def _on_transcript(
+        self,
+        segment: PlannedSegment,
+        text: str,
+        words: tuple[Word, ...],
+        language_code: str | None,
+    ) -> None:
+        self._sequence += 1
+        committed = CommittedSegment(
+            call_sid=self.stream.call_sid,
+            stream_sid=self.stream.stream_sid,
+            sequence=self._sequence,
+            speaker=self._labels[segment.track],
+            track=segment.track,
+            text=text,
+            start_ms=segment.speech_start_ms,
+            end_ms=segment.speech_end_ms,
+            language_code=language_code,
+            words=words,
+        )
+        self._emit(committed)
+
+    def _emit(self, event: CallInfo | CommittedSegment | CallEnded | None) -> None:
+        self._events.append(event)
+        self._events_ready.set()
+        if len(self._events) > _SINK_BACKLOG_WARNING and not self._stall_logged:
+            self._stall_logged = True
+            self.log.warning("call.sink_behind", pending=len(self._events))
+
+    async def _write_events(self) -> None:
+        while True:
+            if not self._events:
+                self._events_ready.clear()
+                await self._events_ready.wait()
+                continue
+            event = self._events.popleft()
+            if event is None:
+                return
+            for attempt in range(5):
+                try:
+                    if isinstance(event, CallInfo):
+                        await self._sink.call_started(event)
+                    elif isinstance(event, CommittedSegment):
+                        await self._sink.segment_committed(event)
+                    else:
+                        await self._sink.call_ended(event)
+                    break
+                except Exception:
+                    self.log.exception("call.sink_failed", attempt=attempt + 1)
+                    await asyncio.sleep(min(2.0, 0.1 * 2**attempt))

@@ -1,0 +1,569 @@
+"""The PostgreSQL store (scale-out): the same schema and behaviour as SQLite, on asyncpg.
+
+Migrations run at :meth:`PostgresStore.open` in one transaction under an advisory lock, so
+processes starting together apply them once. Claims use ``FOR UPDATE SKIP LOCKED`` and a
+lease, and every transaction that adds or finishes a delivery takes a per-call advisory
+lock, so the "only the oldest unfinished delivery per (call, target) is claimable" rule
+holds with any number of processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import structlog
+
+from callbridge.models import CallEnded, CallInfo, CommittedSegment, Track, Word, utc_now
+from callbridge.store.base import (
+    CallRecord,
+    CallStatus,
+    Delivery,
+    DeliveryCounts,
+    DeliveryStatus,
+    OutboxEvent,
+    StoreError,
+    decode_cursor,
+    encode_cursor,
+    from_micros,
+    to_micros,
+)
+from callbridge.store.sqlite import load_migrations
+
+log = structlog.get_logger(__name__)
+
+_MIGRATION_LOCK = (0x43425F4D, 1)  # ("CB_M", 1): schema migrations
+_CALL_LOCK_SPACE = 0x43425F43  # ("CB_C", hashtext(call_sid)): a call's delivery queues
+
+_CALL_COLUMNS = (
+    "call_sid, status, stream_sid, account_sid, from_number, to_number, tracks, "
+    "custom_parameters, created_at, started_at, ended_at, duration_ms, end_reason, "
+    "twilio_status, twilio_duration_s, segments, language_code, degraded, summary"
+)
+
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _call_record(row: asyncpg.Record) -> CallRecord:
+    return CallRecord(
+        call_sid=row["call_sid"],
+        status=CallStatus(row["status"]),
+        stream_sid=row["stream_sid"],
+        account_sid=row["account_sid"],
+        from_number=row["from_number"],
+        to_number=row["to_number"],
+        tracks=tuple(row["tracks"]),
+        custom_parameters=row["custom_parameters"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        duration_ms=row["duration_ms"],
+        end_reason=row["end_reason"],
+        twilio_status=row["twilio_status"],
+        twilio_duration_s=row["twilio_duration_s"],
+        segments=row["segments"],
+        language_code=row["language_code"],
+        degraded=row["degraded"],
+        summary=row["summary"],
+    )
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class PostgresStore:
+    """:class:`~callbridge.store.base.DurableStore` on PostgreSQL via an asyncpg pool."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        webhook_targets: Sequence[str] = (),
+        min_connections: int = 1,
+        max_connections: int = 10,
+        connect_timeout_s: float = 10.0,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._url = url
+        self._targets = tuple(dict.fromkeys(webhook_targets))
+        self._min = min_connections
+        self._max = max_connections
+        self._connect_timeout_s = connect_timeout_s
+        self._clock = clock
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def webhook_targets(self) -> tuple[str, ...]:
+        return self._targets
+
+    # plumbing -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except _DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL error on {redact_url(self._url)}: {exc}") from exc
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self._connection() as conn, conn.transaction():
+            yield conn
+
+    # lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            pool = await asyncpg.create_pool(
+                self._url,
+                min_size=self._min,
+                max_size=self._max,
+                init=_init_connection,
+                timeout=self._connect_timeout_s,
+            )
+        except (*_DB_ERRORS, ValueError) as exc:
+            raise StoreError(
+                f"DATABASE_URL: cannot connect to {redact_url(self._url)}: {exc}"
+            ) from None
+        try:
+            await self._migrate(pool)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def _migrate(self, pool: asyncpg.Pool) -> None:
+        migrations = load_migrations("postgres")
+        latest = migrations[-1][0]
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", *_MIGRATION_LOCK)
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS callbridge_schema (version INTEGER NOT NULL)"
+                )
+                version = await conn.fetchval("SELECT max(version) FROM callbridge_schema") or 0
+                if version > latest:
+                    raise StoreError(
+                        f"DATABASE_URL: {redact_url(self._url)} has schema version {version}, "
+                        f"newer than the {latest} this callbridge knows; upgrade callbridge"
+                    )
+                for number, script in migrations:
+                    if number <= version:
+                        continue
+                    await conn.execute(script)
+                    await conn.execute("INSERT INTO callbridge_schema VALUES ($1)", number)
+                    log.info("store.migrated", backend="postgres", version=number)
+        except _DB_ERRORS as exc:
+            raise StoreError(
+                f"DATABASE_URL: cannot migrate {redact_url(self._url)}: {exc}"
+            ) from None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    # the outbox, inside the caller's transaction --------------------------------------------
+
+    async def _enqueue(
+        self, conn: asyncpg.Connection, events: Sequence[OutboxEvent], now: datetime
+    ) -> None:
+        if not self._targets or not events:
+            return
+        for call_sid in sorted({event.call_sid for event in events}):
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))", _CALL_LOCK_SPACE, call_sid
+            )
+        for event in events:
+            inserted = await conn.fetchval(
+                "INSERT INTO events (event_id, call_sid, event_type, body, created_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING "
+                "RETURNING event_id",
+                event.event_id,
+                event.call_sid,
+                event.event_type,
+                event.body,
+                event.created_at,
+            )
+            if inserted is None:
+                continue
+            for target in self._targets:
+                await conn.execute(
+                    "INSERT INTO deliveries (event_id, call_sid, target, status, is_head, "
+                    "next_attempt_at, created_at) VALUES ($1, $2, $3, 'pending', "
+                    "NOT EXISTS (SELECT 1 FROM deliveries WHERE call_sid = $2 AND target = $3 "
+                    "AND status = 'pending'), $4, $4)",
+                    event.event_id,
+                    event.call_sid,
+                    target,
+                    now,
+                )
+
+    # calls and segments -------------------------------------------------------------------
+
+    async def call_requested(
+        self, call_sid: str, account_sid: str | None, from_number: str | None, to_number: str | None
+    ) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO calls (call_sid, status, account_sid, from_number, to_number, "
+                "created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (call_sid) DO UPDATE SET "
+                "account_sid = coalesce(calls.account_sid, excluded.account_sid), "
+                "from_number = coalesce(calls.from_number, excluded.from_number), "
+                "to_number = coalesce(calls.to_number, excluded.to_number)",
+                call_sid,
+                CallStatus.RINGING.value,
+                account_sid,
+                from_number,
+                to_number,
+                self._clock(),
+            )
+
+    async def call_started(self, call: CallInfo, events: Sequence[OutboxEvent]) -> None:
+        now = self._clock()
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                "SELECT stream_sid, started_at FROM calls WHERE call_sid = $1 FOR UPDATE",
+                call.call_sid,
+            )
+            if (
+                row is not None
+                and row["started_at"] is not None
+                and row["stream_sid"] == call.stream_sid
+            ):
+                return  # a repeated call_started: already stored and enqueued
+            await conn.execute(
+                "INSERT INTO calls (call_sid, status, stream_sid, account_sid, from_number, "
+                "to_number, tracks, custom_parameters, created_at, started_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+                "ON CONFLICT (call_sid) DO UPDATE SET "
+                "status = excluded.status, stream_sid = excluded.stream_sid, "
+                "account_sid = coalesce(excluded.account_sid, calls.account_sid), "
+                "from_number = coalesce(excluded.from_number, calls.from_number), "
+                "to_number = coalesce(excluded.to_number, calls.to_number), "
+                "tracks = excluded.tracks, custom_parameters = excluded.custom_parameters, "
+                "started_at = excluded.started_at",
+                call.call_sid,
+                CallStatus.LIVE.value,
+                call.stream_sid,
+                call.account_sid or None,
+                call.from_number,
+                call.to_number,
+                list(call.tracks),
+                dict(call.custom_parameters),
+                now,
+                call.started_at,
+            )
+            await self._enqueue(conn, events, now)
+
+    async def segment_committed(
+        self, segment: CommittedSegment, events: Sequence[OutboxEvent]
+    ) -> None:
+        now = self._clock()
+        async with self._transaction() as conn:
+            inserted = await conn.fetchval(
+                "INSERT INTO segments (call_sid, sequence, stream_sid, speaker, track, text, "
+                "words, start_ms, end_ms, language, committed_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+                "ON CONFLICT (call_sid, sequence) DO NOTHING RETURNING sequence",
+                segment.call_sid,
+                segment.sequence,
+                segment.stream_sid,
+                segment.speaker,
+                str(segment.track),
+                segment.text,
+                [word.to_json() for word in segment.words],
+                segment.start_ms,
+                segment.end_ms,
+                segment.language_code,
+                segment.committed_at,
+            )
+            if inserted is None:
+                log.warning(
+                    "store.segment_duplicate", call_sid=segment.call_sid, sequence=segment.sequence
+                )
+                return
+            await conn.execute(
+                "INSERT INTO calls (call_sid, status, stream_sid, created_at, segments, "
+                "language_code) VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (call_sid) DO UPDATE "
+                "SET segments = calls.segments + 1, "
+                "language_code = coalesce(excluded.language_code, calls.language_code)",
+                segment.call_sid,
+                CallStatus.LIVE.value,
+                segment.stream_sid,
+                now,
+                segment.language_code,
+            )
+            await self._enqueue(conn, events, now)
+
+    async def call_ended(
+        self, ended: CallEnded, summary: Mapping[str, Any], events: Sequence[OutboxEvent]
+    ) -> None:
+        now = self._clock()
+        async with self._transaction() as conn:
+            status = await conn.fetchval(
+                "SELECT status FROM calls WHERE call_sid = $1 FOR UPDATE", ended.call_sid
+            )
+            if status == CallStatus.ENDED:
+                return  # a repeated call_ended: already stored and enqueued
+            await conn.execute(
+                "INSERT INTO calls (call_sid, status, stream_sid, created_at, ended_at, "
+                "duration_ms, end_reason, segments, language_code, degraded, summary) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+                "ON CONFLICT (call_sid) DO UPDATE SET "
+                "status = excluded.status, ended_at = excluded.ended_at, "
+                "duration_ms = excluded.duration_ms, end_reason = excluded.end_reason, "
+                "segments = greatest(calls.segments, excluded.segments), "
+                "language_code = coalesce(excluded.language_code, calls.language_code), "
+                "degraded = excluded.degraded, summary = excluded.summary",
+                ended.call_sid,
+                CallStatus.ENDED.value,
+                ended.stream_sid,
+                now,
+                ended.ended_at,
+                ended.duration_ms,
+                str(ended.reason),
+                ended.segments,
+                ended.language_code,
+                ended.degraded,
+                dict(summary),
+            )
+            await self._enqueue(conn, events, now)
+
+    async def twilio_status(self, call_sid: str, status: str, duration_s: int | None) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO calls (call_sid, status, created_at, twilio_status, "
+                "twilio_duration_s) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (call_sid) DO UPDATE "
+                "SET twilio_status = excluded.twilio_status, "
+                "twilio_duration_s = coalesce(excluded.twilio_duration_s, "
+                "calls.twilio_duration_s)",
+                call_sid,
+                CallStatus.RINGING.value,
+                self._clock(),
+                status,
+                duration_s,
+            )
+
+    async def get_call(self, call_sid: str) -> CallRecord | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_sid = $1", call_sid
+            )
+        return None if row is None else _call_record(row)
+
+    async def list_calls(
+        self, limit: int, cursor: str | None
+    ) -> tuple[list[CallRecord], str | None]:
+        """Newest first. ``ValueError`` for a cursor this store did not hand out."""
+        limit = max(1, limit)
+        after = decode_cursor(cursor) if cursor else None
+        async with self._connection() as conn:
+            if after is None:
+                rows = await conn.fetch(
+                    f"SELECT {_CALL_COLUMNS} FROM calls "
+                    "ORDER BY created_at DESC, call_sid DESC LIMIT $1",
+                    limit + 1,
+                )
+            else:
+                rows = await conn.fetch(
+                    f"SELECT {_CALL_COLUMNS} FROM calls WHERE (created_at, call_sid) < ($1, $2) "
+                    "ORDER BY created_at DESC, call_sid DESC LIMIT $3",
+                    from_micros(after[0]),
+                    after[1],
+                    limit + 1,
+                )
+        page = [_call_record(row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = encode_cursor(to_micros(last["created_at"]), last["call_sid"])
+        return page, next_cursor
+
+    async def get_segments(self, call_sid: str) -> list[CommittedSegment]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT call_sid, sequence, stream_sid, speaker, track, text, words, start_ms, "
+                "end_ms, language, committed_at FROM segments WHERE call_sid = $1 "
+                "ORDER BY sequence",
+                call_sid,
+            )
+        return [
+            CommittedSegment(
+                call_sid=row["call_sid"],
+                stream_sid=row["stream_sid"],
+                sequence=row["sequence"],
+                speaker=row["speaker"],
+                track=Track(row["track"]),
+                text=row["text"],
+                start_ms=row["start_ms"],
+                end_ms=row["end_ms"],
+                language_code=row["language"],
+                words=tuple(Word.from_json(word) for word in row["words"]),
+                committed_at=row["committed_at"],
+            )
+            for row in rows
+        ]
+
+    async def delete_call(self, call_sid: str) -> bool:
+        """Erase the call, its segments and all its events and deliveries (their bodies
+        carry transcript text, so delivered ones go too)."""
+        async with self._transaction() as conn:
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))", _CALL_LOCK_SPACE, call_sid
+            )
+            await conn.execute("DELETE FROM deliveries WHERE call_sid = $1", call_sid)
+            events = await conn.execute("DELETE FROM events WHERE call_sid = $1", call_sid)
+            segments = await conn.execute("DELETE FROM segments WHERE call_sid = $1", call_sid)
+            calls = await conn.execute("DELETE FROM calls WHERE call_sid = $1", call_sid)
+        return any(not status.endswith(" 0") for status in (events, segments, calls))
+
+    # the outbox, for the dispatcher -------------------------------------------------------
+
+    async def claim_deliveries(
+        self, now: datetime, limit: int, owner: str, lease_s: float, target: str | None = None
+    ) -> list[Delivery]:
+        target_filter = "AND target = $5" if target is not None else ""
+        query = (
+            "WITH picked AS (SELECT delivery_id FROM deliveries "
+            "WHERE status = 'pending' AND is_head AND next_attempt_at <= $1 "
+            f"AND (lease_expires_at IS NULL OR lease_expires_at <= $1) {target_filter} "
+            "ORDER BY next_attempt_at, delivery_id LIMIT $2 FOR UPDATE SKIP LOCKED) "
+            "UPDATE deliveries d SET lease_owner = $3, lease_expires_at = $4 "
+            "FROM picked, events e WHERE d.delivery_id = picked.delivery_id "
+            "AND e.event_id = d.event_id RETURNING d.delivery_id, d.event_id, d.call_sid, "
+            "e.event_type, d.target, e.body, d.attempts, e.created_at, d.next_attempt_at"
+        )
+        args: list[Any] = [now, max(0, limit), owner, now + timedelta(seconds=lease_s)]
+        if target is not None:
+            args.append(target)
+        async with self._connection() as conn:
+            rows = await conn.fetch(query, *args)
+        rows = sorted(rows, key=lambda row: (row["next_attempt_at"], row["delivery_id"]))
+        return [
+            Delivery(
+                delivery_id=row["delivery_id"],
+                event_id=row["event_id"],
+                call_sid=row["call_sid"],
+                event_type=row["event_type"],
+                target=row["target"],
+                body=bytes(row["body"]),
+                attempts=row["attempts"],
+                created_at=row["created_at"],
+            )
+            for row in rows
+        ]
+
+    async def _finish(self, delivery_id: int, owner: str, status: str, error: str | None) -> bool:
+        async with self._transaction() as conn:
+            call_sid = await conn.fetchval(
+                "SELECT call_sid FROM deliveries WHERE delivery_id = $1", delivery_id
+            )
+            if call_sid is None:
+                return False
+            # The call's lock first (as enqueue and delete take it), then the row.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))", _CALL_LOCK_SPACE, call_sid
+            )
+            row = await conn.fetchrow(
+                "UPDATE deliveries SET status = $3, is_head = FALSE, attempts = attempts + 1, "
+                "last_error = $4, lease_owner = NULL, lease_expires_at = NULL, finished_at = $5 "
+                "WHERE delivery_id = $1 AND status = 'pending' AND lease_owner = $2 "
+                "RETURNING call_sid, target",
+                delivery_id,
+                owner,
+                status,
+                error,
+                self._clock(),
+            )
+            if row is None:
+                return False
+            await conn.execute(
+                "UPDATE deliveries SET is_head = TRUE WHERE delivery_id = (SELECT min(delivery_id) "
+                "FROM deliveries WHERE call_sid = $1 AND target = $2 AND status = 'pending')",
+                row["call_sid"],
+                row["target"],
+            )
+        return True
+
+    async def mark_delivered(self, delivery_id: int, owner: str) -> bool:
+        return await self._finish(delivery_id, owner, DeliveryStatus.DELIVERED.value, None)
+
+    async def mark_failed(self, delivery_id: int, owner: str, error: str) -> bool:
+        return await self._finish(delivery_id, owner, DeliveryStatus.FAILED.value, error)
+
+    async def mark_retry(
+        self, delivery_id: int, owner: str, next_attempt_at: datetime, error: str
+    ) -> bool:
+        async with self._connection() as conn:
+            status = await conn.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = $3, "
+                "last_error = $4, lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE delivery_id = $1 AND status = 'pending' AND lease_owner = $2",
+                delivery_id,
+                owner,
+                next_attempt_at,
+                error,
+            )
+        return not str(status).endswith(" 0")
+
+    async def release_claims(self, owner: str) -> int:
+        async with self._connection() as conn:
+            status = await conn.execute(
+                "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE lease_owner = $1 AND status = 'pending'",
+                owner,
+            )
+        return int(str(status).rsplit(" ", 1)[-1])
+
+    async def delivery_counts(self) -> DeliveryCounts:
+        async with self._connection() as conn:
+            rows = await conn.fetch("SELECT status, count(*) FROM deliveries GROUP BY status")
+        counts = {row[0]: row[1] for row in rows}
+        return DeliveryCounts(
+            pending=counts.get(DeliveryStatus.PENDING.value, 0),
+            delivered=counts.get(DeliveryStatus.DELIVERED.value, 0),
+            failed=counts.get(DeliveryStatus.FAILED.value, 0),
+        )
+
+    async def pending_deliveries_exist(self) -> bool:
+        async with self._connection() as conn:
+            found = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM deliveries WHERE status = 'pending')"
+            )
+        return bool(found)
+
+    async def purge_finished_deliveries(self, finished_before: datetime) -> int:
+        async with self._transaction() as conn:
+            status = await conn.execute(
+                "DELETE FROM deliveries WHERE status IN ('delivered', 'failed') "
+                "AND finished_at < $1",
+                finished_before,
+            )
+            await conn.execute(
+                "DELETE FROM events WHERE created_at < $1 AND NOT EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.event_id = events.event_id)",
+                finished_before,
+            )
+        return int(str(status).rsplit(" ", 1)[-1])

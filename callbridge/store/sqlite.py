@@ -1,0 +1,659 @@
+"""The embedded SQLite store: calls, segments and the webhook outbox in one file.
+
+All SQLite work runs on one dedicated thread (the stdlib driver blocks), so the event loop
+never waits on the disk. The file is in WAL mode with ``synchronous=NORMAL`` and a busy
+timeout, and every write transaction starts with ``BEGIN IMMEDIATE``, so several
+``callbridge`` processes can share it. Schema versions live in ``PRAGMA user_version`` and
+are applied at :meth:`SqliteStore.open`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from callbridge.models import CallEnded, CallInfo, CommittedSegment, Track, Word, utc_now
+from callbridge.store.base import (
+    CallRecord,
+    CallStatus,
+    Delivery,
+    DeliveryCounts,
+    DeliveryStatus,
+    OutboxEvent,
+    StoreError,
+    decode_cursor,
+    encode_cursor,
+    from_micros,
+    to_micros,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+_CALL_COLUMNS = (
+    "call_sid, status, stream_sid, account_sid, from_number, to_number, tracks, "
+    "custom_parameters, created_at, started_at, ended_at, duration_ms, end_reason, "
+    "twilio_status, twilio_duration_s, segments, language_code, degraded, summary"
+)
+
+
+def load_migrations(dialect: str) -> list[tuple[int, str]]:
+    """The ``(version, sql)`` pairs shipped in ``migrations/<dialect>/NNNN_name.sql``."""
+    folder = resources.files("callbridge.store") / "migrations" / dialect
+    found: list[tuple[int, str]] = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def _statements(script: str) -> Iterator[str]:
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    leftover = [line for line in pending.splitlines() if line.strip()]
+    if any(not line.strip().startswith("--") for line in leftover):
+        raise ValueError("incomplete SQL statement at the end of a migration")
+
+
+def _opt_micros(moment: datetime | None) -> int | None:
+    return None if moment is None else to_micros(moment)
+
+
+def _opt_datetime(micros: int | None) -> datetime | None:
+    return None if micros is None else from_micros(micros)
+
+
+def _call_record(row: sqlite3.Row) -> CallRecord:
+    summary = row["summary"]
+    return CallRecord(
+        call_sid=row["call_sid"],
+        status=CallStatus(row["status"]),
+        stream_sid=row["stream_sid"],
+        account_sid=row["account_sid"],
+        from_number=row["from_number"],
+        to_number=row["to_number"],
+        tracks=tuple(json.loads(row["tracks"])),
+        custom_parameters=json.loads(row["custom_parameters"]),
+        created_at=from_micros(row["created_at"]),
+        started_at=_opt_datetime(row["started_at"]),
+        ended_at=_opt_datetime(row["ended_at"]),
+        duration_ms=row["duration_ms"],
+        end_reason=row["end_reason"],
+        twilio_status=row["twilio_status"],
+        twilio_duration_s=row["twilio_duration_s"],
+        segments=row["segments"],
+        language_code=row["language_code"],
+        degraded=row["degraded"],
+        summary=None if summary is None else json.loads(summary),
+    )
+
+
+class SqliteStore:
+    """:class:`~callbridge.store.base.DurableStore` on a SQLite file.
+
+    ``webhook_targets`` are the URLs every event gets a delivery row for (none: events are
+    not stored at all, since nobody would receive them).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        webhook_targets: Sequence[str] = (),
+        busy_timeout_s: float = 10.0,
+        url: str | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._path = str(path)
+        self._url = url or f"sqlite:///{self._path}"
+        self._targets = tuple(dict.fromkeys(webhook_targets))
+        self._busy_timeout_s = busy_timeout_s
+        self._clock = clock
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def webhook_targets(self) -> tuple[str, ...]:
+        return self._targets
+
+    # plumbing -----------------------------------------------------------------------------
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._executor is None or self._conn is None:
+            raise StoreError("the store is not open")
+        conn = self._conn
+
+        def call() -> T:
+            try:
+                return work(conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite error on {self._url}: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def transaction(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await self._run(transaction)
+
+    def _now_us(self) -> int:
+        return to_micros(self._clock())
+
+    # lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callbridge-sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            self._conn = await loop.run_in_executor(executor, self._open_sync)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+
+    def _open_sync(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self._path, timeout=self._busy_timeout_s, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"DATABASE_URL: cannot open {self._url}: {exc}") from None
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(conn)
+        except StoreError:
+            conn.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if "not a database" in str(exc) or "malformed" in str(exc):
+                raise StoreError(
+                    f"DATABASE_URL: {self._url} is not a usable SQLite database ({exc})"
+                ) from None
+            raise StoreError(f"DATABASE_URL: cannot open {self._url}: {exc}") from None
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        migrations = load_migrations("sqlite")
+        latest = migrations[-1][0]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > latest:
+                raise StoreError(
+                    f"DATABASE_URL: {self._url} has schema version {version}, newer than the "
+                    f"{latest} this callbridge knows; upgrade callbridge"
+                )
+            for number, script in migrations:
+                if number <= version:
+                    continue
+                for statement in _statements(script):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+                log.info("store.migrated", backend="sqlite", version=number)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    async def close(self) -> None:
+        if self._conn is None or self._executor is None:
+            return
+        conn, executor = self._conn, self._executor
+        self._conn = None
+        await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        executor.shutdown(wait=False)
+        self._executor = None
+
+    # the outbox, inside the caller's transaction --------------------------------------------
+
+    def _enqueue(self, conn: sqlite3.Connection, events: Sequence[OutboxEvent], now: int) -> None:
+        if not self._targets:
+            return
+        for event in events:
+            inserted = conn.execute(
+                "INSERT INTO events (event_id, call_sid, event_type, body, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                (
+                    event.event_id,
+                    event.call_sid,
+                    event.event_type,
+                    event.body,
+                    to_micros(event.created_at),
+                ),
+            ).rowcount
+            if not inserted:
+                continue
+            for target in self._targets:
+                conn.execute(
+                    "INSERT INTO deliveries (event_id, call_sid, target, status, is_head, "
+                    "next_attempt_at, created_at) VALUES (?, ?, ?, 'pending', "
+                    "NOT EXISTS (SELECT 1 FROM deliveries WHERE call_sid = ? AND target = ? "
+                    "AND status = 'pending'), ?, ?)",
+                    (event.event_id, event.call_sid, target, event.call_sid, target, now, now),
+                )
+
+    # calls and segments -------------------------------------------------------------------
+
+    async def call_requested(
+        self, call_sid: str, account_sid: str | None, from_number: str | None, to_number: str | None
+    ) -> None:
+        now = self._now_us()
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO calls (call_sid, status, account_sid, from_number, to_number, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (call_sid) DO UPDATE SET "
+                "account_sid = coalesce(calls.account_sid, excluded.account_sid), "
+                "from_number = coalesce(calls.from_number, excluded.from_number), "
+                "to_number = coalesce(calls.to_number, excluded.to_number)",
+                (call_sid, CallStatus.RINGING, account_sid, from_number, to_number, now),
+            )
+
+        await self._write(work)
+
+    async def call_started(self, call: CallInfo, events: Sequence[OutboxEvent]) -> None:
+        now = self._now_us()
+
+        def work(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT stream_sid, started_at FROM calls WHERE call_sid = ?", (call.call_sid,)
+            ).fetchone()
+            if (
+                row is not None
+                and row["started_at"] is not None
+                and row["stream_sid"] == call.stream_sid
+            ):
+                return  # a repeated call_started: already stored and enqueued
+            conn.execute(
+                "INSERT INTO calls (call_sid, status, stream_sid, account_sid, from_number, "
+                "to_number, tracks, custom_parameters, created_at, started_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_sid) DO UPDATE SET "
+                "status = excluded.status, stream_sid = excluded.stream_sid, "
+                "account_sid = coalesce(excluded.account_sid, calls.account_sid), "
+                "from_number = coalesce(excluded.from_number, calls.from_number), "
+                "to_number = coalesce(excluded.to_number, calls.to_number), "
+                "tracks = excluded.tracks, custom_parameters = excluded.custom_parameters, "
+                "started_at = excluded.started_at",
+                (
+                    call.call_sid,
+                    CallStatus.LIVE,
+                    call.stream_sid,
+                    call.account_sid or None,
+                    call.from_number,
+                    call.to_number,
+                    json.dumps(list(call.tracks)),
+                    json.dumps(dict(call.custom_parameters)),
+                    now,
+                    to_micros(call.started_at),
+                ),
+            )
+            self._enqueue(conn, events, now)
+
+        await self._write(work)
+
+    async def segment_committed(
+        self, segment: CommittedSegment, events: Sequence[OutboxEvent]
+    ) -> None:
+        now = self._now_us()
+
+        def work(conn: sqlite3.Connection) -> None:
+            inserted = conn.execute(
+                "INSERT INTO segments (call_sid, sequence, stream_sid, speaker, track, text, "
+                "words, start_ms, end_ms, language, committed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (call_sid, sequence) DO NOTHING",
+                (
+                    segment.call_sid,
+                    segment.sequence,
+                    segment.stream_sid,
+                    segment.speaker,
+                    str(segment.track),
+                    segment.text,
+                    json.dumps([word.to_json() for word in segment.words]),
+                    segment.start_ms,
+                    segment.end_ms,
+                    segment.language_code,
+                    to_micros(segment.committed_at),
+                ),
+            ).rowcount
+            if not inserted:
+                log.warning(
+                    "store.segment_duplicate", call_sid=segment.call_sid, sequence=segment.sequence
+                )
+                return  # the same segment again: its event is already enqueued
+            updated = conn.execute(
+                "UPDATE calls SET segments = segments + 1, "
+                "language_code = coalesce(?, language_code) WHERE call_sid = ?",
+                (segment.language_code, segment.call_sid),
+            ).rowcount
+            if not updated:
+                conn.execute(
+                    "INSERT INTO calls (call_sid, status, stream_sid, created_at, segments, "
+                    "language_code) VALUES (?, ?, ?, ?, 1, ?)",
+                    (
+                        segment.call_sid,
+                        CallStatus.LIVE,
+                        segment.stream_sid,
+                        now,
+                        segment.language_code,
+                    ),
+                )
+            self._enqueue(conn, events, now)
+
+        await self._write(work)
+
+    async def call_ended(
+        self, ended: CallEnded, summary: Mapping[str, Any], events: Sequence[OutboxEvent]
+    ) -> None:
+        now = self._now_us()
+
+        def work(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT status FROM calls WHERE call_sid = ?", (ended.call_sid,)
+            ).fetchone()
+            if row is not None and row["status"] == CallStatus.ENDED:
+                return  # a repeated call_ended: already stored and enqueued
+            conn.execute(
+                "INSERT INTO calls (call_sid, status, stream_sid, created_at, ended_at, "
+                "duration_ms, end_reason, segments, language_code, degraded, summary) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_sid) DO UPDATE SET "
+                "status = excluded.status, ended_at = excluded.ended_at, "
+                "duration_ms = excluded.duration_ms, end_reason = excluded.end_reason, "
+                "segments = max(calls.segments, excluded.segments), "
+                "language_code = coalesce(excluded.language_code, calls.language_code), "
+                "degraded = excluded.degraded, summary = excluded.summary",
+                (
+                    ended.call_sid,
+                    CallStatus.ENDED,
+                    ended.stream_sid,
+                    now,
+                    to_micros(ended.ended_at),
+                    ended.duration_ms,
+                    str(ended.reason),
+                    ended.segments,
+                    ended.language_code,
+                    ended.degraded,
+                    json.dumps(dict(summary)),
+                ),
+            )
+            self._enqueue(conn, events, now)
+
+        await self._write(work)
+
+    async def twilio_status(self, call_sid: str, status: str, duration_s: int | None) -> None:
+        now = self._now_us()
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO calls (call_sid, status, created_at, twilio_status, "
+                "twilio_duration_s) VALUES (?, ?, ?, ?, ?) ON CONFLICT (call_sid) DO UPDATE SET "
+                "twilio_status = excluded.twilio_status, "
+                "twilio_duration_s = coalesce(excluded.twilio_duration_s, "
+                "calls.twilio_duration_s)",
+                (call_sid, CallStatus.RINGING, now, status, duration_s),
+            )
+
+        await self._write(work)
+
+    async def get_call(self, call_sid: str) -> CallRecord | None:
+        def work(conn: sqlite3.Connection) -> CallRecord | None:
+            row = conn.execute(
+                f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_sid = ?", (call_sid,)
+            ).fetchone()
+            return None if row is None else _call_record(row)
+
+        return await self._run(work)
+
+    async def list_calls(
+        self, limit: int, cursor: str | None
+    ) -> tuple[list[CallRecord], str | None]:
+        """Newest first. ``ValueError`` for a cursor this store did not hand out."""
+        limit = max(1, limit)
+        after = decode_cursor(cursor) if cursor else None
+
+        def work(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            if after is None:
+                return conn.execute(
+                    f"SELECT {_CALL_COLUMNS} FROM calls "
+                    "ORDER BY created_at DESC, call_sid DESC LIMIT ?",
+                    (limit + 1,),
+                ).fetchall()
+            return conn.execute(
+                f"SELECT {_CALL_COLUMNS} FROM calls WHERE (created_at, call_sid) < (?, ?) "
+                "ORDER BY created_at DESC, call_sid DESC LIMIT ?",
+                (after[0], after[1], limit + 1),
+            ).fetchall()
+
+        rows = await self._run(work)
+        page = [_call_record(row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = encode_cursor(last["created_at"], last["call_sid"])
+        return page, next_cursor
+
+    async def get_segments(self, call_sid: str) -> list[CommittedSegment]:
+        def work(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            return conn.execute(
+                "SELECT call_sid, sequence, stream_sid, speaker, track, text, words, start_ms, "
+                "end_ms, language, committed_at FROM segments WHERE call_sid = ? "
+                "ORDER BY sequence",
+                (call_sid,),
+            ).fetchall()
+
+        return [
+            CommittedSegment(
+                call_sid=row["call_sid"],
+                stream_sid=row["stream_sid"],
+                sequence=row["sequence"],
+                speaker=row["speaker"],
+                track=Track(row["track"]),
+                text=row["text"],
+                start_ms=row["start_ms"],
+                end_ms=row["end_ms"],
+                language_code=row["language"],
+                words=tuple(Word.from_json(word) for word in json.loads(row["words"])),
+                committed_at=from_micros(row["committed_at"]),
+            )
+            for row in await self._run(work)
+        ]
+
+    async def delete_call(self, call_sid: str) -> bool:
+        """Erase the call, its segments and all its events and deliveries (their bodies
+        carry transcript text, so delivered ones go too)."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM deliveries WHERE call_sid = ?", (call_sid,))
+            events = conn.execute("DELETE FROM events WHERE call_sid = ?", (call_sid,)).rowcount
+            segments = conn.execute("DELETE FROM segments WHERE call_sid = ?", (call_sid,)).rowcount
+            calls = conn.execute("DELETE FROM calls WHERE call_sid = ?", (call_sid,)).rowcount
+            return bool(calls or segments or events)
+
+        return await self._write(work)
+
+    # the outbox, for the dispatcher -------------------------------------------------------
+
+    async def claim_deliveries(
+        self, now: datetime, limit: int, owner: str, lease_s: float, target: str | None = None
+    ) -> list[Delivery]:
+        now_us = to_micros(now)
+        expires_us = to_micros(now + timedelta(seconds=lease_s))
+        where = (
+            "status = 'pending' AND is_head = 1 AND next_attempt_at <= ? "
+            "AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
+        )
+        params: list[Any] = [now_us, now_us]
+        if target is not None:
+            where = "target = ? AND " + where
+            params.insert(0, target)
+        select_due = (
+            f"SELECT delivery_id FROM deliveries WHERE {where} "
+            "ORDER BY next_attempt_at, delivery_id LIMIT ?"
+        )
+        params.append(max(0, limit))
+
+        def work(conn: sqlite3.Connection) -> list[Delivery]:
+            # Look without the write lock first: most polls find nothing.
+            if not conn.execute(select_due, params).fetchone():
+                return []
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [row[0] for row in conn.execute(select_due, params).fetchall()]
+                if not ids:
+                    conn.execute("COMMIT")
+                    return []
+                marks = ",".join("?" * len(ids))
+                conn.execute(
+                    "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? "
+                    f"WHERE delivery_id IN ({marks})",
+                    (owner, expires_us, *ids),
+                )
+                rows = conn.execute(
+                    "SELECT d.delivery_id, d.event_id, d.call_sid, e.event_type, d.target, "
+                    "e.body, d.attempts, e.created_at FROM deliveries d "
+                    "JOIN events e ON e.event_id = d.event_id "
+                    f"WHERE d.delivery_id IN ({marks}) "
+                    "ORDER BY d.next_attempt_at, d.delivery_id",
+                    ids,
+                ).fetchall()
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return [
+                Delivery(
+                    delivery_id=row[0],
+                    event_id=row[1],
+                    call_sid=row[2],
+                    event_type=row[3],
+                    target=row[4],
+                    body=bytes(row[5]),
+                    attempts=row[6],
+                    created_at=from_micros(row[7]),
+                )
+                for row in rows
+            ]
+
+        return await self._run(work)
+
+    async def _finish(self, delivery_id: int, owner: str, status: str, error: str | None) -> bool:
+        now = self._now_us()
+
+        def work(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT call_sid, target FROM deliveries WHERE delivery_id = ? "
+                "AND status = 'pending' AND lease_owner = ?",
+                (delivery_id, owner),
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "UPDATE deliveries SET status = ?, is_head = 0, attempts = attempts + 1, "
+                "last_error = ?, lease_owner = NULL, lease_expires_at = NULL, finished_at = ? "
+                "WHERE delivery_id = ?",
+                (status, error, now, delivery_id),
+            )
+            conn.execute(
+                "UPDATE deliveries SET is_head = 1 WHERE delivery_id = (SELECT min(delivery_id) "
+                "FROM deliveries WHERE call_sid = ? AND target = ? AND status = 'pending')",
+                (row["call_sid"], row["target"]),
+            )
+            return True
+
+        return await self._write(work)
+
+    async def mark_delivered(self, delivery_id: int, owner: str) -> bool:
+        return await self._finish(delivery_id, owner, DeliveryStatus.DELIVERED, None)
+
+    async def mark_failed(self, delivery_id: int, owner: str, error: str) -> bool:
+        return await self._finish(delivery_id, owner, DeliveryStatus.FAILED, error)
+
+    async def mark_retry(
+        self, delivery_id: int, owner: str, next_attempt_at: datetime, error: str
+    ) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            return bool(
+                conn.execute(
+                    "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?, "
+                    "last_error = ?, lease_owner = NULL, lease_expires_at = NULL "
+                    "WHERE delivery_id = ? AND status = 'pending' AND lease_owner = ?",
+                    (to_micros(next_attempt_at), error, delivery_id, owner),
+                ).rowcount
+            )
+
+        return await self._write(work)
+
+    async def release_claims(self, owner: str) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE lease_owner = ? AND status = 'pending'",
+                (owner,),
+            ).rowcount
+
+        return await self._write(work)
+
+    async def delivery_counts(self) -> DeliveryCounts:
+        def work(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status")
+            return {row[0]: row[1] for row in rows}
+
+        counts = await self._run(work)
+        return DeliveryCounts(
+            pending=counts.get(DeliveryStatus.PENDING, 0),
+            delivered=counts.get(DeliveryStatus.DELIVERED, 0),
+            failed=counts.get(DeliveryStatus.FAILED, 0),
+        )
+
+    async def pending_deliveries_exist(self) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute("SELECT 1 FROM deliveries WHERE status = 'pending' LIMIT 1").fetchone()
+                is not None
+            )
+
+        return await self._run(work)
+
+    async def purge_finished_deliveries(self, finished_before: datetime) -> int:
+        before = to_micros(finished_before)
+
+        def work(conn: sqlite3.Connection) -> int:
+            removed = conn.execute(
+                "DELETE FROM deliveries WHERE status IN ('delivered', 'failed') "
+                "AND finished_at < ?",
+                (before,),
+            ).rowcount
+            conn.execute(
+                "DELETE FROM events WHERE created_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.event_id = events.event_id)",
+                (before,),
+            )
+            return removed
+
+        return await self._write(work)

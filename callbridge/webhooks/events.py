@@ -1,0 +1,86 @@
+"""Webhook event bodies (interface §5), built once and stored as the exact bytes sent.
+
+Every event gets a fresh ``evt_…`` id here; retries reuse the stored id and body, so a
+receiver can deduplicate on ``webhook-id``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from callbridge.models import CallEnded, CallInfo, CommittedSegment, rfc3339, utc_now
+from callbridge.store.base import OutboxEvent
+
+CALL_STARTED = "call.started"
+TRANSCRIPT_COMMITTED = "transcript.committed"
+CALL_ENDED = "call.ended"
+
+
+def new_event_id() -> str:
+    """``evt_`` and 32 random hex digits (128 bits)."""
+    return "evt_" + secrets.token_hex(16)
+
+
+def encode_body(event_type: str, timestamp: datetime, data: Mapping[str, Any]) -> bytes:
+    body = {"type": event_type, "timestamp": rfc3339(timestamp), "data": data}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _event(call_sid: str, event_type: str, data: Mapping[str, Any], now: datetime) -> OutboxEvent:
+    return OutboxEvent(
+        event_id=new_event_id(),
+        call_sid=call_sid,
+        event_type=event_type,
+        body=encode_body(event_type, now, data),
+        created_at=now,
+    )
+
+
+def call_started_event(call: CallInfo, now: datetime | None = None) -> OutboxEvent:
+    data = {
+        "call_sid": call.call_sid,
+        "stream_sid": call.stream_sid,
+        "account_sid": call.account_sid,
+        "from": call.from_number,
+        "to": call.to_number,
+        "tracks": list(call.tracks),
+        "custom_parameters": dict(call.custom_parameters),
+        "started_at": rfc3339(call.started_at),
+    }
+    return _event(call.call_sid, CALL_STARTED, data, now or utc_now())
+
+
+def transcript_committed_event(
+    segment: CommittedSegment, now: datetime | None = None
+) -> OutboxEvent:
+    data = {
+        "call_sid": segment.call_sid,
+        "stream_sid": segment.stream_sid,
+        "sequence": segment.sequence,
+        "speaker": segment.speaker,
+        "track": str(segment.track),
+        "text": segment.text,
+        "start_ms": segment.start_ms,
+        "end_ms": segment.end_ms,
+        "language_code": segment.language_code,
+        "words": [word.to_json() for word in segment.words],
+    }
+    return _event(segment.call_sid, TRANSCRIPT_COMMITTED, data, now or utc_now())
+
+
+def call_ended_event(
+    ended: CallEnded, summary: Mapping[str, Any], now: datetime | None = None
+) -> OutboxEvent:
+    data = {
+        "call_sid": ended.call_sid,
+        "ended_at": rfc3339(ended.ended_at),
+        "duration_ms": ended.duration_ms,
+        "segments": ended.segments,
+        "reason": str(ended.reason),
+        "summary": dict(summary),
+    }
+    return _event(ended.call_sid, CALL_ENDED, data, now or utc_now())
