@@ -243,12 +243,13 @@ class SegmentTranscriber:
         receiver = asyncio.create_task(self._receive(conn), name="scribe-receive")
         sender = asyncio.create_task(self._send(conn), name="scribe-send")
         try:
-            done, _ = await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_EXCEPTION)
+            # Either side returns only once the call is closing and every window is
+            # answered; either one failing fails the connection.
+            done, _ = await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 exc = task.exception()
                 if exc is not None:
                     raise exc
-            # Both finished cleanly: everything was sent and answered.
         finally:
             for task in (receiver, sender):
                 task.cancel()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import webvtt
 from aiohttp import web
@@ -32,6 +35,7 @@ from callbridge.store.base import OutboxEvent, Store
 from callbridge.store.factory import open_store
 from callbridge.summary import summarize
 
+PG_URL = os.environ.get("CALLBRIDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TOKEN = "test-token-1"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ENDED = "CA" + "e" * 32
@@ -145,14 +149,92 @@ class FakeLiveCalls:
         return False
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "api.db"
+class Database:
+    """One empty database (a SQLite file, or a fresh schema on the local PostgreSQL) that
+    tests can also read directly, to see that erased data is really gone."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.path = tmp_path / "api.db"
+        self.schema = f"cb_api_{uuid.uuid4().hex[:12]}"
+
+    @property
+    def url(self) -> str:
+        if self.kind == "sqlite":
+            return f"sqlite:///{self.path}"
+        glue = "&" if "?" in PG_URL else "?"
+        return f"{PG_URL}{glue}search_path={self.schema}"
+
+    async def admin(self, statement: str) -> None:
+        conn = await asyncpg.connect(PG_URL, timeout=5)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    async def rows_for(self, call_sid: str) -> dict[str, int]:
+        """Row count per table with a ``call_sid`` column."""
+        if self.kind == "sqlite":
+            with sqlite3.connect(self.path) as db:
+                tables = [
+                    r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                ]
+                counts = {}
+                for table in tables:
+                    columns = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+                    if "call_sid" in columns:
+                        counts[table] = db.execute(
+                            f"SELECT COUNT(*) FROM {table} WHERE call_sid = ?", (call_sid,)
+                        ).fetchone()[0]
+            return counts
+        conn = await asyncpg.connect(self.url)
+        try:
+            tables = await conn.fetch(
+                "SELECT table_name FROM information_schema.columns "
+                "WHERE table_schema = $1 AND column_name = 'call_sid'",
+                self.schema,
+            )
+            return {
+                row["table_name"]: await conn.fetchval(
+                    f"SELECT count(*) FROM {row['table_name']} WHERE call_sid = $1", call_sid
+                )
+                for row in tables
+            }
+        finally:
+            await conn.close()
+
+    async def text_anywhere(self, needle: str) -> bool:
+        """Whether ``needle`` appears in any stored row."""
+        if self.kind == "sqlite":
+            with sqlite3.connect(self.path) as db:
+                return needle in "\n".join(db.iterdump())
+        conn = await asyncpg.connect(self.url)
+        try:
+            for table in ("calls", "segments", "events", "deliveries"):
+                rows = await conn.fetch(f"SELECT t::text AS row FROM {table} t")
+                if any(needle in row["row"] for row in rows):
+                    return True
+            return False
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(request.param, tmp_path)
+    if database.kind == "postgres":
+        try:
+            await database.admin(f"CREATE SCHEMA {database.schema}")
+        except (OSError, asyncpg.PostgresError) as exc:
+            pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
+    yield database
+    if database.kind == "postgres":
+        await database.admin(f"DROP SCHEMA IF EXISTS {database.schema} CASCADE")
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    opened = open_store(f"sqlite:///{db_path}", webhook_targets=("http://hooks.example/events",))
+async def store(database: Database) -> AsyncIterator[Store]:
+    opened = open_store(database.url, webhook_targets=("http://hooks.example/events",))
     await opened.open()
     yield opened
     await opened.close()
@@ -334,6 +416,26 @@ async def test_unknown_route_and_method_are_json(
     assert (await response.json())["error"]["code"] == "method_not_allowed"
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/calls?fromat=vtt"),
+        ("GET", f"/v1/calls/{ENDED}?x=1"),
+        ("GET", f"/v1/calls/{ENDED}/transcript?fromat=vtt"),
+        ("GET", f"/v1/calls/{ENDED}/summary?format=json"),
+        ("DELETE", f"/v1/calls/{ENDED}?forse=true"),
+        ("DELETE", f"/v1/calls/{ENDED}?force=false&force=true"),
+    ],
+)
+async def test_unknown_or_repeated_query_parameter_is_400(
+    client: TestClient[web.Request, web.Application], store: Store, method: str, path: str
+) -> None:
+    response = await client.request(method, path, headers=AUTH)
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == "invalid_query"
+    assert await store.get_call(ENDED) is not None
+
+
 # --- transcript ------------------------------------------------------------------------
 
 
@@ -406,7 +508,8 @@ async def test_transcript_unknown_format_is_400(
 ) -> None:
     response = await client.get(f"/v1/calls/{ENDED}/transcript?{query}", headers=AUTH)
     assert response.status == 400
-    assert (await response.json())["error"]["code"] == "invalid_format"
+    expected = "invalid_query" if query.count("format=") > 1 else "invalid_format"
+    assert (await response.json())["error"]["code"] == expected
 
 
 async def test_live_call_transcript_so_far_and_summary_409(
@@ -506,7 +609,8 @@ async def test_invalid_limit_is_400(
 ) -> None:
     response = await client.get("/v1/calls", params=params, headers=AUTH)
     assert response.status == 400
-    assert (await response.json())["error"]["code"] == "invalid_limit"
+    expected = "invalid_query" if isinstance(params, list) else "invalid_limit"
+    assert (await response.json())["error"]["code"] == expected
 
 
 @pytest.mark.parametrize("cursor", ["garbage", "!!!", "WzEsMl0", "bnVsbA"])
@@ -521,23 +625,11 @@ async def test_invalid_cursor_is_400(
 # --- erasure ---------------------------------------------------------------------------
 
 
-def rows_for(db_path: Path, call_sid: str) -> dict[str, int]:
-    with sqlite3.connect(db_path) as db:
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        counts = {}
-        for table in tables:
-            columns = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
-            if "call_sid" in columns:
-                counts[table] = db.execute(
-                    f"SELECT COUNT(*) FROM {table} WHERE call_sid = ?", (call_sid,)
-                ).fetchone()[0]
-    return counts
-
-
 async def test_delete_erases_the_call_from_the_database(
-    client: TestClient[web.Request, web.Application], store: Store, db_path: Path
+    client: TestClient[web.Request, web.Application], store: Store, database: Database
 ) -> None:
-    before = rows_for(db_path, ENDED)
+    before = await database.rows_for(ENDED)
+    assert await database.text_anywhere("welcome")
     assert before["calls"] == 1
     assert before["segments"] == 3
     assert before["events"] == 2  # the two non-empty segments' pending webhook events
@@ -547,17 +639,17 @@ async def test_delete_erases_the_call_from_the_database(
     assert response.status == 204
     assert await response.read() == b""
 
-    assert all(count == 0 for count in rows_for(db_path, ENDED).values())
-    with sqlite3.connect(db_path) as db:
-        dump = "\n".join(db.iterdump())
-    assert "welcome" not in dump and "Hello, how can I help" not in dump
+    assert set((await database.rows_for(ENDED)).values()) == {0}
+    assert not await database.text_anywhere("welcome")
+    assert not await database.text_anywhere("Hello, how can I help")
+    assert await database.text_anywhere("still talking")  # the live call's text remains
     assert await store.get_call(ENDED) is None
     assert await store.get_segments(ENDED) == []
 
     assert (await client.get(f"/v1/calls/{ENDED}", headers=AUTH)).status == 404
     assert (await client.delete(f"/v1/calls/{ENDED}", headers=AUTH)).status == 404
     # other calls are untouched
-    assert rows_for(db_path, LIVE)["segments"] == 1
+    assert (await database.rows_for(LIVE))["segments"] == 1
 
 
 async def test_delete_live_call_is_409(

@@ -44,6 +44,7 @@ class RecordingMediaServer:
     arrivals: list[float] = field(default_factory=list)
     rejected_handshakes: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    first_media: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if not self.checker.check_websocket(request):
@@ -63,6 +64,8 @@ class RecordingMediaServer:
                     await ws.close(code=1008, message=error.reason.encode())
                     break
                 self.messages.append(parsed)
+                if isinstance(parsed, MediaFrame):
+                    self.first_media.set()
                 if isinstance(parsed, Stop):
                     await ws.close(code=1000, message=b"stream stopped")
                     break
@@ -72,7 +75,9 @@ class RecordingMediaServer:
 
     def media(self, track: Track | None = None) -> list[MediaFrame]:
         return [
-            m for m in self.messages if isinstance(m, MediaFrame) and (track is None or m.track is track)
+            m
+            for m in self.messages
+            if isinstance(m, MediaFrame) and (track is None or m.track is track)
         ]
 
 
@@ -160,13 +165,18 @@ async def test_frame_drop_makes_a_timestamp_gap(harness: Harness) -> None:
         to_mulaw(_tone(20)),
         to_mulaw(_tone(20)),
         speed=0,
-        drops=[FrameDrop(Track.INBOUND, 100, 200), FrameDrop(Track.OUTBOUND, 300, 340, advance_chunk=True)],
+        drops=[
+            FrameDrop(Track.INBOUND, 100, 200),
+            FrameDrop(Track.OUTBOUND, 300, 340, advance_chunk=True),
+        ],
     )
     inbound = harness.server.media(Track.INBOUND)
     assert [f.timestamp_ms for f in inbound] == [t for t in range(0, 400, 20) if not 100 <= t < 200]
     assert [f.chunk for f in inbound] == list(range(1, 16))  # chunks stay consecutive by default
     outbound = harness.server.media(Track.OUTBOUND)
-    assert [f.timestamp_ms for f in outbound] == [t for t in range(0, 400, 20) if t not in (300, 320)]
+    assert [f.timestamp_ms for f in outbound] == [
+        t for t in range(0, 400, 20) if t not in (300, 320)
+    ]
     assert [f.chunk for f in outbound] == [c for c in range(1, 21) if c not in (16, 17)]
     assert sim.sent[Track.INBOUND].timestamps == [f.timestamp_ms for f in inbound]
 
@@ -241,8 +251,7 @@ async def test_paced_sending(harness: Harness) -> None:
     loop = asyncio.get_running_loop()
     began = loop.time()
     task = asyncio.create_task(sim.run(to_mulaw(_tone(50)), speed=2.0, end="none"))
-    while not harness.server.media():
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(harness.server.first_media.wait(), 5)
     assert len(harness.server.media()) < 40
     await task
     assert loop.time() - began >= 49 * 0.020 / 2.0
@@ -263,10 +272,20 @@ async def test_speed_zero_is_fast(harness: Harness) -> None:
 async def test_hangup_after_and_shared_session(harness: Harness) -> None:
     async with aiohttp.ClientSession() as session:
         sims = [harness.simulator(session=session) for _ in range(3)]
-        await asyncio.gather(*(s.run(to_mulaw(_tone(2)), speed=0, hangup_after_ms=20) for s in sims))
+        await asyncio.gather(
+            *(s.run(to_mulaw(_tone(2)), speed=0, hangup_after_ms=20) for s in sims)
+        )
         assert not session.closed
     starts = [m for m in harness.server.messages if isinstance(m, StreamStart)]
     assert len({s.call_sid for s in starts}) == 3
+
+
+async def test_record_audio_off_keeps_counts(harness: Harness) -> None:
+    sim = harness.simulator(record_audio=False)
+    result = await sim.run(to_mulaw(_tone(5)), to_mulaw(_tone(5)), speed=0)
+    assert result.frames_sent == {Track.INBOUND: 5, Track.OUTBOUND: 5}
+    assert sim.sent[Track.INBOUND].frames == []
+    assert len(harness.server.media()) == 10
 
 
 def _write_wav(path: Path, channels: int, rate: int, width: int, frames: np.ndarray) -> None:

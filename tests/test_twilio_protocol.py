@@ -73,7 +73,9 @@ def test_start() -> None:
 
 
 def test_start_numbers_as_strings_and_no_custom_parameters() -> None:
-    message = start(mediaFormat={"encoding": "audio/x-mulaw", "sampleRate": "8000", "channels": "1"})
+    message = start(
+        mediaFormat={"encoding": "audio/x-mulaw", "sampleRate": "8000", "channels": "1"}
+    )
     del message["start"]["customParameters"]
     parsed = parse_message(raw(message).encode())
     assert isinstance(parsed, StreamStart)
@@ -92,6 +94,7 @@ def test_media_numbers_as_strings_or_ints() -> None:
 
 def test_media_frame_is_frozen() -> None:
     frame = parse_message(raw(media()))
+    assert isinstance(frame, MediaFrame)
     with pytest.raises(AttributeError):
         frame.chunk = 3  # type: ignore[misc]
     assert hash(frame) == hash(MediaFrame(Track.INBOUND, 2, 25, AUDIO, 4))
@@ -101,7 +104,9 @@ def test_dtmf_mark_stop_unknown() -> None:
     assert parse_message(
         '{"event":"dtmf","streamSid":"MZ1","sequenceNumber":"5","dtmf":{"track":"inbound_track","digit":"1"}}'
     ) == Dtmf(Track.INBOUND, "1", 5)
-    assert parse_message('{"event":"mark","sequenceNumber":"4","mark":{"name":"utt-1"}}') == Mark("utt-1", 4)
+    assert parse_message('{"event":"mark","sequenceNumber":"4","mark":{"name":"utt-1"}}') == Mark(
+        "utt-1", 4
+    )
     assert parse_message(
         '{"event":"stop","sequenceNumber":"9","stop":{"accountSid":"AC1","callSid":"CA1"},"streamSid":"MZ1"}'
     ) == Stop("AC1", "CA1", 9)
@@ -129,7 +134,10 @@ def test_dtmf_mark_stop_unknown() -> None:
         (raw(media(timestamp="-20")), "negative"),
         (raw({"event": "media", "sequenceNumber": "4"}), "missing 'media'"),
         (raw({"event": "media", "sequenceNumber": "4", "media": []}), "'media' is not an object"),
-        (raw({k: v for k, v in media().items() if k != "sequenceNumber"}), "missing 'sequenceNumber'"),
+        (
+            raw({k: v for k, v in media().items() if k != "sequenceNumber"}),
+            "missing 'sequenceNumber'",
+        ),
         (raw(media(payload=None)), "missing 'media.payload'"),
         (raw({"event": "start", "sequenceNumber": "1"}), "missing 'start'"),
         (raw(start(callSid=None)), "missing 'start.callSid'"),

@@ -94,7 +94,7 @@ async def bridge() -> AsyncIterator[Bridge]:
     store, live = RecordingStore(), RecordingLiveCalls()
     app = web.Application()
     app[SETTINGS] = _settings()
-    app[STORE] = store  # type: ignore[assignment]
+    app[STORE] = store  # type: ignore[misc]
     app[LIVE_CALLS] = live
     setup_twilio_routes(app)
     async with TestClient(TestServer(app)) as client:
@@ -103,7 +103,13 @@ async def bridge() -> AsyncIterator[Bridge]:
 
 async def test_voice_returns_stream_twiml_and_records_call(bridge: Bridge) -> None:
     twiml = await post_voice(
-        bridge.session, bridge.base_url, PUBLIC, TOKEN, "CA100", "+15551230000", "+15559870000",
+        bridge.session,
+        bridge.base_url,
+        PUBLIC,
+        TOKEN,
+        "CA100",
+        "+15551230000",
+        "+15559870000",
         account_sid="AC1",
     )
     root = ET.fromstring(twiml)
@@ -135,7 +141,13 @@ async def test_bad_signature_is_403_and_does_nothing(bridge: Bridge, signature: 
         ("/twilio/status", {"CallSid": "CA1", "CallStatus": "completed", "CallDuration": "3"}),
     ]:
         status, body = await post_signed_form(
-            bridge.session, bridge.base_url, PUBLIC, TOKEN, path, params, signature=signature  # type: ignore[arg-type]
+            bridge.session,
+            bridge.base_url,
+            PUBLIC,
+            TOKEN,
+            path,
+            params,
+            signature=signature,  # type: ignore[arg-type]
         )
         assert status == 403
         assert '"code": "invalid_signature"' in body
@@ -161,7 +173,9 @@ async def test_missing_call_sid_is_400(bridge: Bridge) -> None:
         assert "missing_call_sid" in body
 
 
-async def test_voice_answers_when_store_fails_or_hangs(bridge: Bridge, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_voice_answers_when_store_fails_or_hangs(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bridge.store.fail = True
     twiml = await post_voice(bridge.session, bridge.base_url, PUBLIC, TOKEN, "CA2", "+1", "+2")
     assert "<Stream" in twiml
@@ -196,7 +210,10 @@ async def test_other_final_statuses_end_call(bridge: Bridge, final: str) -> None
 
 
 async def test_progress_status_does_not_end_call(bridge: Bridge) -> None:
-    assert await post_status(bridge.session, bridge.base_url, PUBLIC, TOKEN, "CA7", "in-progress") == 204
+    assert (
+        await post_status(bridge.session, bridge.base_url, PUBLIC, TOKEN, "CA7", "in-progress")
+        == 204
+    )
     await asyncio.sleep(0.02)
     assert bridge.store.statuses == [("CA7", "in-progress", None)]
     assert bridge.live.ended == []
@@ -204,7 +221,9 @@ async def test_progress_status_does_not_end_call(bridge: Bridge) -> None:
 
 async def test_status_store_failure_still_ends_call(bridge: Bridge) -> None:
     bridge.store.fail = True
-    assert await post_status(bridge.session, bridge.base_url, PUBLIC, TOKEN, "CA8", "completed") == 204
+    assert (
+        await post_status(bridge.session, bridge.base_url, PUBLIC, TOKEN, "CA8", "completed") == 204
+    )
     await asyncio.wait_for(bridge.live.event.wait(), 2)
     assert bridge.live.ended == [("CA8", EndReason.COMPLETED)]
 
@@ -212,14 +231,24 @@ async def test_status_store_failure_still_ends_call(bridge: Bridge) -> None:
 async def test_stream_events(bridge: Bridge) -> None:
     for event in ["stream-started", "stream-error"]:
         status = await post_stream_status(
-            bridge.session, bridge.base_url, PUBLIC, TOKEN, "CA9", event,
+            bridge.session,
+            bridge.base_url,
+            PUBLIC,
+            TOKEN,
+            "CA9",
+            event,
             stream_error="31921 close error" if event == "stream-error" else None,
         )
         assert status == 204
     await asyncio.sleep(0.02)
     assert bridge.live.ended == []
     assert bridge.store.statuses == []  # stream events are not call statuses
-    assert await post_stream_status(bridge.session, bridge.base_url, PUBLIC, TOKEN, "CA9", "stream-stopped") == 204
+    assert (
+        await post_stream_status(
+            bridge.session, bridge.base_url, PUBLIC, TOKEN, "CA9", "stream-stopped"
+        )
+        == 204
+    )
     await asyncio.wait_for(bridge.live.event.wait(), 2)
     assert bridge.live.ended == [("CA9", EndReason.STOP)]
 
@@ -232,13 +261,16 @@ async def test_checker_is_on_the_app(bridge: Bridge) -> None:
 async def test_validation_disabled() -> None:
     app = web.Application()
     app[SETTINGS] = Settings(
-        server=ServerSettings(public_url=PUBLIC), twilio=TwilioSettings(auth_token="", validate=False)
+        server=ServerSettings(public_url=PUBLIC),
+        twilio=TwilioSettings(auth_token="", validate=False),
     )
-    app[STORE] = RecordingStore()  # type: ignore[assignment]
+    app[STORE] = RecordingStore()  # type: ignore[misc]
     setup_twilio_routes(app)
     async with TestClient(TestServer(app)) as client:
         response = await client.post("/twilio/voice", data={"CallSid": "CA1"})
         assert response.status == 200
         # No LIVE_CALLS registry yet: a completed status is still answered.
-        response = await client.post("/twilio/status", data={"CallSid": "CA1", "CallStatus": "completed"})
+        response = await client.post(
+            "/twilio/status", data={"CallSid": "CA1", "CallStatus": "completed"}
+        )
         assert response.status == 204

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from twilio.request_validator import HMAC_SHA256
 
-from callbridge.config import ConfigError, Settings, TwilioSettings, ServerSettings
+from callbridge.config import ConfigError, ServerSettings, Settings, TwilioSettings
 from callbridge.testing.twilio_simulator import sign_request
 from callbridge.twilio.signatures import (
     SIGNATURE_HEADER,
@@ -31,6 +31,8 @@ DOC_PARAMS = {
     "To": "+18005551212",
 }
 DOC_SIGNATURE = "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+
+Client = TestClient[web.Request, web.Application]
 
 TOKEN = "test-auth-token"
 PUBLIC = "https://bridge.example.com"
@@ -54,13 +56,13 @@ def _checker_app(checker: TwilioSignatureChecker) -> web.Application:
 
 
 @pytest.fixture
-async def doc_client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
+async def doc_client() -> AsyncIterator[Client]:
     checker = TwilioSignatureChecker(DOC_TOKEN, "https://mycompany.com")
     async with TestClient(TestServer(_checker_app(checker))) as client:
         yield client
 
 
-async def test_form_request_valid_behind_proxy(doc_client: TestClient) -> None:
+async def test_form_request_valid_behind_proxy(doc_client: Client) -> None:
     # The request reaches the app as http://127.0.0.1:<port>/… — the public URL is what counts.
     response = await doc_client.post(
         "/myapp.php?foo=1&bar=2", data=DOC_PARAMS, headers={SIGNATURE_HEADER: DOC_SIGNATURE}
@@ -71,13 +73,17 @@ async def test_form_request_valid_behind_proxy(doc_client: TestClient) -> None:
     assert dict(body["form"]) == DOC_PARAMS
 
 
-@pytest.mark.parametrize("headers", [{}, {SIGNATURE_HEADER: ""}, {SIGNATURE_HEADER: "AAAA" + DOC_SIGNATURE[4:]}])
-async def test_form_request_missing_or_wrong_signature(doc_client: TestClient, headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers", [{}, {SIGNATURE_HEADER: ""}, {SIGNATURE_HEADER: "AAAA" + DOC_SIGNATURE[4:]}]
+)
+async def test_form_request_missing_or_wrong_signature(
+    doc_client: Client, headers: dict[str, str]
+) -> None:
     response = await doc_client.post("/myapp.php?foo=1&bar=2", data=DOC_PARAMS, headers=headers)
     assert response.status == 403
 
 
-async def test_form_request_tampered_param(doc_client: TestClient) -> None:
+async def test_form_request_tampered_param(doc_client: Client) -> None:
     tampered = {**DOC_PARAMS, "Digits": "9999"}
     response = await doc_client.post(
         "/myapp.php?foo=1&bar=2", data=tampered, headers={SIGNATURE_HEADER: DOC_SIGNATURE}
@@ -128,8 +134,10 @@ async def test_json_body_with_body_sha256() -> None:
         no_hash = await client.post(
             "/hook",
             data=body,
-            headers={SIGNATURE_HEADER: sign_request(TOKEN, PUBLIC + "/hook", None),
-                     "Content-Type": "application/json"},
+            headers={
+                SIGNATURE_HEADER: sign_request(TOKEN, PUBLIC + "/hook", None),
+                "Content-Type": "application/json",
+            },
         )
         assert no_hash.status == 403
 
@@ -164,7 +172,9 @@ def test_websocket_signed_url_comes_from_public_base() -> None:
 
 def test_websocket_port_quirk_and_dev_scheme() -> None:
     with_port = TwilioSignatureChecker(TOKEN, "https://bridge.example.com:443/")
-    assert with_port.check_websocket(_ws_request({SIGNATURE_HEADER: sign_request(TOKEN, WSS_URL, {})}))
+    assert with_port.check_websocket(
+        _ws_request({SIGNATURE_HEADER: sign_request(TOKEN, WSS_URL, {})})
+    )
     dev = TwilioSignatureChecker(TOKEN, "http://localhost:8080")
     url = "ws://localhost:8080/twilio/media"
     assert public_websocket_url("http://localhost:8080") == url
@@ -199,7 +209,10 @@ async def test_shared_key_on_form_webhook() -> None:
     checker = TwilioSignatureChecker(TOKEN, PUBLIC, shared_keys={"KEY1": "shared-secret"})
     params = {"CallSid": "CA1", "CallStatus": "completed"}
     signature = sign_request("shared-secret", PUBLIC + "/hook", params, algorithm=HMAC_SHA256)
-    headers = {SIGNATURE_HEADER: signature, SIGNATURE_SETTINGS_HEADER: "key=KEY1,algorithm=HMAC_SHA256"}
+    headers = {
+        SIGNATURE_HEADER: signature,
+        SIGNATURE_SETTINGS_HEADER: "key=KEY1,algorithm=HMAC_SHA256",
+    }
     async with TestClient(TestServer(_checker_app(checker))) as client:
         assert (await client.post("/hook", data=params, headers=headers)).status == 200
 
@@ -223,7 +236,10 @@ def test_from_settings_and_shared_key_parsing() -> None:
     checker = TwilioSignatureChecker.from_settings(settings)
     assert checker.enabled
     signature = sign_request("secret", WSS_URL, {}, algorithm=HMAC_SHA256)
-    headers = {SIGNATURE_HEADER: signature, SIGNATURE_SETTINGS_HEADER: "key=K1,algorithm=HMAC_SHA256"}
+    headers = {
+        SIGNATURE_HEADER: signature,
+        SIGNATURE_SETTINGS_HEADER: "key=K1,algorithm=HMAC_SHA256",
+    }
     assert checker.check_websocket(_ws_request(headers))
     with pytest.raises(ConfigError):
         TwilioSignatureChecker("", PUBLIC)

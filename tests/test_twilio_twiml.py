@@ -26,7 +26,10 @@ def _parse(twiml: str) -> ET.Element:
 def test_stream_then_pause() -> None:
     root = _parse(
         build_stream_twiml(
-            _settings(pause_seconds=1800), call_sid="CA1", from_number="+15551230000", to_number="+15559870000"
+            _settings(pause_seconds=1800),
+            call_sid="CA1",
+            from_number="+15551230000",
+            to_number="+15559870000",
         )
     )
     start, pause = list(root)
@@ -77,7 +80,9 @@ def test_none_and_dev_scheme() -> None:
 
 @pytest.mark.parametrize("public_url", ["https://example.com/bridge", "https://example.com:8443"])
 def test_public_url_path_and_port_kept(public_url: str) -> None:
-    root = _parse(build_stream_twiml(_settings(public_url), call_sid="CA1", from_number=None, to_number=None))
+    root = _parse(
+        build_stream_twiml(_settings(public_url), call_sid="CA1", from_number=None, to_number=None)
+    )
     stream = root.find("Start/Stream")
     assert stream is not None
     assert stream.get("url") == public_url.replace("https", "wss") + "/twilio/media"

@@ -228,6 +228,7 @@ def _operation(
         "tags": ["calls"],
         "parameters": parameters or [],
         "responses": {
+            "400": _error_response("unknown or repeated query parameter"),
             **responses,
             "401": {"$ref": "#/components/responses/Unauthorized"},
             "503": _error_response("the call store is unavailable"),
@@ -281,7 +282,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "description": "one page of calls",
                             "content": {JSON: {"schema": _ref("CallPage")}},
                         },
-                        "400": _error_response("invalid limit or cursor"),
+                        "400": _error_response(
+                            "invalid limit or cursor, unknown or repeated query parameter"
+                        ),
                     },
                     [
                         {
@@ -324,7 +327,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     {
                         "204": {"description": "erased"},
                         "404": not_found,
-                        "400": _error_response("force is not true or false"),
+                        "400": _error_response(
+                            "force is not true or false, unknown or repeated query parameter"
+                        ),
                         "409": _error_response(
                             "the call is live (force=true erases a call whose stream is gone)"
                         ),
@@ -353,7 +358,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             ),
                             "content": {JSON: {"schema": _ref("Transcript")}, **text_formats},
                         },
-                        "400": _error_response("unknown format"),
+                        "400": _error_response(
+                            "unknown format, unknown or repeated query parameter"
+                        ),
                         "404": not_found,
                     },
                     [

@@ -11,12 +11,17 @@ the interface:
   race the bridge still writing its segments); ``?force=true`` erases a call that is
   recorded as live but whose stream is not open in this process (e.g. after a crash).
   Ringing and ended calls are erased at once.
+* A query parameter a route does not know, or one given twice, is ``400 invalid_query``.
 * A store failure is ``503 store_unavailable``.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from callbridge.api.auth import v1_middleware
 from callbridge.api.formats import (
@@ -55,20 +60,27 @@ def _is_live_here(request: web.Request, call_sid: str) -> bool:
     return live_calls is not None and live_calls.is_live(call_sid)
 
 
-class QueryError(Exception):
-    """A query parameter given more than once."""
+def query_params(*allowed: str) -> Callable[[Handler], Handler]:
+    """Answer ``400 invalid_query`` for a query parameter the route does not know or one
+    given twice, before the handler runs (a typo such as ``?fromat=vtt`` must not silently
+    fall back to a default)."""
 
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def checked(request: web.Request) -> web.StreamResponse:
+            for name in request.query:
+                if name not in allowed:
+                    known = ", ".join(allowed) or "none"
+                    return json_error(
+                        400, "invalid_query", f"unknown query parameter {name!r} (known: {known})"
+                    )
+                if len(request.query.getall(name)) > 1:
+                    return json_error(400, "invalid_query", f"{name} may be given only once")
+            return await handler(request)
 
-def single_query(request: web.Request, name: str) -> str | None:
-    """The one value of query parameter ``name`` (None if absent); QueryError if repeated."""
-    values = request.query.getall(name, [])
-    if len(values) > 1:
-        raise QueryError(name)
-    return values[0] if values else None
+        return checked
 
-
-def repeated(name: str) -> web.Response:
-    return json_error(400, f"invalid_{name}", f"{name} may be given only once")
+    return decorate
 
 
 def parse_limit(raw: str | None, max_page_size: int) -> int | None:
@@ -82,18 +94,15 @@ def parse_limit(raw: str | None, max_page_size: int) -> int | None:
     return limit if 1 <= limit <= max_page_size else None
 
 
+@query_params("limit", "cursor")
 async def list_calls(request: web.Request) -> web.Response:
     max_page_size = request.config_dict[SETTINGS].api.max_page_size
-    try:
-        raw_limit = single_query(request, "limit")
-        cursor = single_query(request, "cursor") or None
-    except QueryError as exc:
-        return repeated(str(exc))
-    limit = parse_limit(raw_limit, max_page_size)
+    limit = parse_limit(request.query.get("limit"), max_page_size)
     if limit is None:
         return json_error(
             400, "invalid_limit", f"limit must be a whole number from 1 to {max_page_size}"
         )
+    cursor = request.query.get("cursor") or None
     try:
         calls, next_cursor = await request.config_dict[STORE].list_calls(limit, cursor)
     except ValueError:
@@ -103,6 +112,7 @@ async def list_calls(request: web.Request) -> web.Response:
     )
 
 
+@query_params()
 async def get_call(request: web.Request) -> web.Response:
     found = await _find_call(request)
     if isinstance(found, web.Response):
@@ -110,11 +120,9 @@ async def get_call(request: web.Request) -> web.Response:
     return web.json_response(call_to_json(found))
 
 
+@query_params("format")
 async def get_transcript(request: web.Request) -> web.Response:
-    try:
-        output = single_query(request, "format") or "json"
-    except QueryError:
-        return repeated("format")
+    output = request.query.get("format", "json")
     if output not in TRANSCRIPT_FORMATS:
         return json_error(
             400, "invalid_format", f"format must be one of {', '.join(TRANSCRIPT_FORMATS)}"
@@ -132,6 +140,7 @@ async def get_transcript(request: web.Request) -> web.Response:
     )
 
 
+@query_params()
 async def get_summary(request: web.Request) -> web.Response:
     found = await _find_call(request)
     if isinstance(found, web.Response):
@@ -147,14 +156,12 @@ async def get_summary(request: web.Request) -> web.Response:
     return web.json_response(dict(found.summary))
 
 
+@query_params("force")
 async def delete_call(request: web.Request) -> web.Response:
     found = await _find_call(request)
     if isinstance(found, web.Response):
         return found
-    try:
-        raw_force = single_query(request, "force") or "false"
-    except QueryError:
-        return repeated("force")
+    raw_force = request.query.get("force", "false")
     if raw_force not in {"true", "false"}:
         return json_error(400, "invalid_force", "force must be true or false")
     force = raw_force == "true"

@@ -279,8 +279,10 @@ class WebhookDispatcher:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # connection refused/reset, garbage responses, …
+            # aiohttp puts the URL in some messages; its query may carry a token
+            detail = str(exc).replace(delivery.target, target_label(delivery.target))
             return AttemptOutcome(
-                delivered=False, retryable=True, error=f"{type(exc).__name__}: {exc}"[:500]
+                delivered=False, retryable=True, error=f"{type(exc).__name__}: {detail}"[:500]
             )
         return classify(status, retry_after)
 

@@ -1,0 +1,137 @@
+"""The aiohttp application: wiring of routes, store, webhook dispatcher and live calls.
+
+:func:`create_app` builds the application from :class:`~callbridge.config.Settings`;
+:func:`serve` runs it until SIGTERM or SIGINT, then drains: ``/healthz`` answers 503, new
+media streams are refused, every live call commits its last turn and awaits its
+transcripts (bounded by ``server.shutdown_timeout_s``), the webhook dispatcher finishes its
+in-flight requests, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from callbridge.api.routes import setup_api
+from callbridge.bridge import REGISTRY, setup_bridge_routes
+from callbridge.config import Settings, redacted
+from callbridge.context import SETTINGS, SINK, STORE
+from callbridge.models import EndReason
+from callbridge.sink import CallEventSink, FanOutSink, LoggingSink
+from callbridge.store.factory import open_store
+from callbridge.summary import summarize
+from callbridge.twilio.routes import setup_twilio_routes
+from callbridge.webhooks.dispatcher import WebhookDispatcher
+from callbridge.webhooks.sink import StoreSink
+
+log = structlog.get_logger("callbridge.app")
+DISPATCHER = web.AppKey("webhook_dispatcher", WebhookDispatcher)
+
+
+def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -> web.Application:
+    """The bridge as an aiohttp application (store opened and dispatcher started on startup)."""
+    app = web.Application(client_max_size=256 * 1024)
+    app[SETTINGS] = settings
+    store = open_store(settings.database.url, webhook_targets=settings.webhook.urls)
+    app[STORE] = store
+    dispatcher = WebhookDispatcher(store, settings.webhook)
+    app[DISPATCHER] = dispatcher
+    sinks: list[CallEventSink] = [LoggingSink(), StoreSink(store, summarize, dispatcher.notify)]
+    if extra_sink is not None:
+        sinks.append(extra_sink)
+    app[SINK] = FanOutSink(sinks)
+    setup_twilio_routes(app)
+    setup_bridge_routes(app)
+    setup_api(app)
+    app.cleanup_ctx.append(_store_and_dispatcher)
+    app.on_shutdown.append(_end_live_calls)
+    return app
+
+
+async def _store_and_dispatcher(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = app[STORE]
+    await store.open()
+    dispatcher = app[DISPATCHER]
+    await dispatcher.start()
+    try:
+        yield
+    finally:
+        await dispatcher.stop(timeout=settings.webhook.timeout_s)
+        await store.close()
+
+
+async def _end_live_calls(app: web.Application) -> None:
+    await drain(app)
+
+
+async def drain(app: web.Application) -> None:
+    """Refuse new streams and finish every live call (idempotent)."""
+    registry = app[REGISTRY]
+    registry.draining = True
+    await registry.end_all(EndReason.SHUTDOWN, app[SETTINGS].server.shutdown_timeout_s)
+
+
+def warn_about_settings(settings: Settings) -> None:
+    """Start-up warnings for settings that work but weaken the product."""
+    if not settings.twilio.validate:
+        log.warning(
+            "twilio.signature_validation_disabled",
+            setting="CALLBRIDGE_TWILIO_VALIDATE",
+            detail="anyone who finds this server can stream audio into it",
+        )
+    if settings.webhook.urls and not settings.webhook.secret:
+        log.warning(
+            "webhook.unsigned",
+            setting="CALLBRIDGE_WEBHOOK_SECRET",
+            detail="events are sent unsigned; receivers cannot verify them",
+        )
+    if not settings.api.tokens:
+        log.warning(
+            "api.no_tokens",
+            setting="CALLBRIDGE_API_TOKENS",
+            detail="every /v1 request will be answered 401",
+        )
+
+
+async def serve(settings: Settings, *, sock: socket.socket | None = None) -> None:
+    """Run the bridge until SIGTERM/SIGINT, then drain and return."""
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=settings.server.shutdown_timeout_s
+    )
+    await runner.setup()
+    try:
+        if sock is not None:
+            site: web.BaseSite = web.SockSite(runner, sock)
+        else:
+            site = web.TCPSite(
+                runner,
+                settings.server.host,
+                settings.server.port,
+                reuse_port=settings.server.workers > 1,
+            )
+        await site.start()
+        log.info(
+            "callbridge.serving",
+            host=settings.server.host,
+            port=settings.server.port,
+            public_url=settings.server.public_url,
+            settings=redacted(settings),
+        )
+        warn_about_settings(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("callbridge.draining", live_calls=len(app[REGISTRY]))
+        await drain(app)
+    finally:
+        await runner.cleanup()
+    log.info("callbridge.stopped")

@@ -1,0 +1,111 @@
+"""The ``callbridge`` command line.
+
+Every subcommand registers a ``handler(args) -> int``; a bad setting or a store that
+cannot be opened ends the command with one line on stderr naming the setting, and a
+non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from callbridge import __version__
+from callbridge.cli_calls import add_calls_commands
+from callbridge.config import ConfigError, Settings, check_serve, load_settings
+from callbridge.logs import configure_logging
+from callbridge.store.base import StoreError
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from callbridge.app import serve
+
+    settings = _load(args)
+    overrides = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    if overrides:
+        import dataclasses
+
+        settings = settings.replace(server=dataclasses.replace(settings.server, **overrides))
+    check_serve(settings)
+    configure_logging(settings.logging.format, settings.logging.level)
+    if settings.server.workers > 1:
+        raise ConfigError("CALLBRIDGE_SERVER_WORKERS", "more than one worker is not supported yet")
+    asyncio.run(serve(settings))
+    return 0
+
+
+def run_emulator(args: argparse.Namespace) -> int:
+    from callbridge.testing.scribe_emulator import main as emulator_main
+
+    forwarded = ["--port", str(args.port), "--api-key", args.api_key]
+    forwarded += ["--transcriber", args.transcriber]
+    emulator_main(forwarded)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callbridge",
+        description="Live phone-call transcription: Twilio Media Streams to ElevenLabs Scribe.",
+    )
+    parser.add_argument("--version", action="version", version=f"callbridge {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help="TOML settings file (default: $CALLBRIDGE_CONFIG, else config/callbridge.toml)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the bridge (needs ELEVENLABS_API_KEY, TWILIO_AUTH_TOKEN, CALLBRIDGE_PUBLIC_URL)",
+    )
+    serve.add_argument("--host", default=None, help="listen address (HOST)")
+    serve.add_argument("--port", type=int, default=None, help="listen port (PORT)")
+    serve.add_argument(
+        "--workers", type=int, default=None, help="processes sharing the port (SO_REUSEPORT)"
+    )
+    serve.set_defaults(handler=run_serve)
+
+    emulator = commands.add_parser(
+        "emulate-scribe", help="run the bundled Scribe realtime emulator (for local testing)"
+    )
+    emulator.add_argument("--port", type=int, default=8765)
+    emulator.add_argument("--api-key", default="test-key")
+    emulator.add_argument("--transcriber", choices=("duration", "tones"), default="duration")
+    emulator.set_defaults(handler=run_emulator)
+
+    add_calls_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except ConfigError as exc:
+        print(f"callbridge: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"callbridge: database error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"callbridge: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

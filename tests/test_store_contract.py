@@ -1,0 +1,478 @@
+"""The store contract, run against SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from callbridge.models import CallEnded, CallInfo, CommittedSegment, EndReason, Track, Word
+from callbridge.store.base import (
+    CallStatus,
+    DurableStore,
+    OutboxEvent,
+    StoreError,
+    decode_cursor,
+    encode_cursor,
+)
+from callbridge.store.factory import open_store, sqlite_path
+from callbridge.store.postgres import PostgresStore
+from callbridge.store.sqlite import SqliteStore
+from callbridge.webhooks.events import (
+    call_ended_event,
+    call_started_event,
+    transcript_committed_event,
+)
+
+PG_URL = os.environ.get("CALLBRIDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TARGETS = ("http://a.example/hook", "http://b.example/hook")
+T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+
+
+class FakeClock:
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def _with_query(url: str, **params: str) -> str:
+    glue = "&" if "?" in url else "?"
+    return url + glue + "&".join(f"{key}={value}" for key, value in params.items())
+
+
+class Backend:
+    """Builds stores on one database and can count raw rows, for erasure checks."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.tmp_path = tmp_path
+        self.schema = f"cb_test_{uuid.uuid4().hex[:12]}"
+        self.clock = FakeClock()
+
+    async def setup(self) -> None:
+        if self.kind == "postgres":
+            try:
+                conn = await asyncpg.connect(PG_URL, timeout=5)
+            except (OSError, asyncpg.PostgresError) as exc:
+                pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
+            await conn.execute(f"CREATE SCHEMA {self.schema}")
+            await conn.close()
+
+    async def teardown(self) -> None:
+        if self.kind == "postgres":
+            conn = await asyncpg.connect(PG_URL)
+            await conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+            await conn.close()
+
+    @property
+    def url(self) -> str:
+        if self.kind == "sqlite":
+            return f"sqlite:///{self.tmp_path / 'callbridge.db'}"
+        return _with_query(PG_URL, search_path=self.schema)
+
+    def store(self, targets: tuple[str, ...] = TARGETS) -> DurableStore:
+        if self.kind == "sqlite":
+            return SqliteStore(
+                self.tmp_path / "callbridge.db", webhook_targets=targets, clock=self.clock
+            )
+        return PostgresStore(self.url, webhook_targets=targets, clock=self.clock)
+
+    async def raw_count(self, table: str, call_sid: str) -> int:
+        if self.kind == "sqlite":
+            with sqlite3.connect(self.tmp_path / "callbridge.db") as conn:
+                row = conn.execute(
+                    f"SELECT count(*) FROM {table} WHERE call_sid = ?", (call_sid,)
+                ).fetchone()
+                return int(row[0])
+        conn = await asyncpg.connect(self.url)
+        try:
+            return int(
+                await conn.fetchval(f"SELECT count(*) FROM {table} WHERE call_sid = $1", call_sid)
+            )
+        finally:
+            await conn.close()
+
+    async def set_schema_version(self, version: int) -> None:
+        if self.kind == "sqlite":
+            with sqlite3.connect(self.tmp_path / "callbridge.db") as conn:
+                conn.execute(f"PRAGMA user_version = {version}")
+            return
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.execute("INSERT INTO callbridge_schema VALUES ($1)", version)
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    backend = Backend(request.param, tmp_path)
+    await backend.setup()
+    yield backend
+    await backend.teardown()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[DurableStore]:
+    store = backend.store()
+    await store.open()
+    yield store
+    await store.close()
+
+
+def call_info(call_sid: str = "CA1", started_at: datetime = T0) -> CallInfo:
+    return CallInfo(
+        call_sid=call_sid,
+        stream_sid=f"MZ{call_sid}",
+        account_sid="AC1",
+        from_number="+15550001",
+        to_number="+15550002",
+        tracks=("inbound", "outbound"),
+        custom_parameters={"campaign": "spring", "ünïcode": "✓"},
+        started_at=started_at,
+    )
+
+
+def segment(call_sid: str, sequence: int, text: str = "hello there") -> CommittedSegment:
+    return CommittedSegment(
+        call_sid=call_sid,
+        stream_sid=f"MZ{call_sid}",
+        sequence=sequence,
+        speaker="caller" if sequence % 2 else "agent",
+        track=Track.INBOUND if sequence % 2 else Track.OUTBOUND,
+        text=text,
+        start_ms=sequence * 1000,
+        end_ms=sequence * 1000 + 800,
+        language_code="en",
+        words=(Word("hello", sequence * 1000, sequence * 1000 + 300, logprob=-0.1),),
+        committed_at=T0 + timedelta(seconds=sequence),
+    )
+
+
+def ended(call_sid: str, segments: int) -> CallEnded:
+    return CallEnded(
+        call_sid=call_sid,
+        stream_sid=f"MZ{call_sid}",
+        ended_at=T0 + timedelta(minutes=1),
+        duration_ms=60_000,
+        reason=EndReason.STOP,
+        segments=segments,
+        activity=(),
+        language_code="en",
+    )
+
+
+async def run_call(store: DurableStore, call_sid: str, segments: int = 3) -> None:
+    info = call_info(call_sid)
+    await store.call_started(info, [call_started_event(info)])
+    for sequence in range(1, segments + 1):
+        seg = segment(call_sid, sequence)
+        await store.segment_committed(seg, [transcript_committed_event(seg)])
+    end = ended(call_sid, segments)
+    summary = {"call_sid": call_sid, "segments": segments}
+    await store.call_ended(end, summary, [call_ended_event(end, summary)])
+
+
+# calls and segments -----------------------------------------------------------------------
+
+
+async def test_call_lifecycle_round_trips(store: DurableStore) -> None:
+    await store.call_requested("CA1", "AC1", "+15550001", "+15550002")
+    record = await store.get_call("CA1")
+    assert record is not None and record.status == CallStatus.RINGING
+    await store.twilio_status("CA1", "in-progress", None)
+
+    info = call_info("CA1")
+    await store.call_started(info, [call_started_event(info)])
+    record = await store.get_call("CA1")
+    assert record is not None
+    assert record.status == CallStatus.LIVE
+    assert record.stream_sid == "MZCA1"
+    assert record.tracks == ("inbound", "outbound")
+    assert record.custom_parameters == {"campaign": "spring", "ünïcode": "✓"}
+    assert record.started_at == T0
+    assert record.created_at == T0
+
+    for sequence in (1, 2):
+        seg = segment("CA1", sequence)
+        await store.segment_committed(seg, [transcript_committed_event(seg)])
+    assert (await store.get_segments("CA1")) == [segment("CA1", 1), segment("CA1", 2)]
+
+    end = ended("CA1", 2)
+    await store.call_ended(end, {"talk_ratio": 0.5}, [call_ended_event(end, {})])
+    await store.twilio_status("CA1", "completed", 61)
+    record = await store.get_call("CA1")
+    assert record is not None
+    assert record.status == CallStatus.ENDED
+    assert record.segments == 2
+    assert record.duration_ms == 60_000
+    assert record.end_reason == "stop"
+    assert record.summary == {"talk_ratio": 0.5}
+    assert record.twilio_status == "completed"
+    assert record.twilio_duration_s == 61
+    assert record.from_number == "+15550001"
+    assert record.language_code == "en"
+    assert await store.get_call("CA-unknown") is None
+
+
+async def test_every_event_gets_one_delivery_per_target(store: DurableStore) -> None:
+    await run_call(store, "CA1", segments=3)
+    counts = await store.delivery_counts()
+    assert (counts.pending, counts.delivered, counts.failed) == (5 * len(TARGETS), 0, 0)
+    assert await store.pending_deliveries_exist()
+
+
+async def test_no_targets_means_no_outbox_rows(backend: Backend) -> None:
+    store = backend.store(targets=())
+    await store.open()
+    try:
+        await run_call(store, "CA1")
+        assert await backend.raw_count("events", "CA1") == 0
+        assert not await store.pending_deliveries_exist()
+    finally:
+        await store.close()
+
+
+async def test_segment_and_event_share_one_transaction(
+    store: DurableStore, backend: Backend
+) -> None:
+    seg = segment("CA1", 1)
+    broken = OutboxEvent("evt_broken", "CA1", "transcript.committed", None, T0)  # type: ignore[arg-type]
+    with pytest.raises(StoreError):
+        await store.segment_committed(seg, [broken])
+    assert await store.get_segments("CA1") == []
+    assert await backend.raw_count("deliveries", "CA1") == 0
+    # and the store is still usable afterwards
+    await store.segment_committed(seg, [transcript_committed_event(seg)])
+    assert len(await store.get_segments("CA1")) == 1
+
+
+async def test_sequences_are_unique_and_repeats_enqueue_nothing(
+    store: DurableStore, backend: Backend
+) -> None:
+    seg = segment("CA1", 1)
+    await store.segment_committed(seg, [transcript_committed_event(seg)])
+    await store.segment_committed(seg, [transcript_committed_event(seg)])  # a new event id
+    assert len(await store.get_segments("CA1")) == 1
+    assert await backend.raw_count("events", "CA1") == 1
+    info = call_info("CA1")
+    await store.call_started(info, [call_started_event(info)])
+    await store.call_started(info, [call_started_event(info)])
+    end = ended("CA1", 1)
+    await store.call_ended(end, {}, [call_ended_event(end, {})])
+    await store.call_ended(end, {}, [call_ended_event(end, {})])
+    assert await backend.raw_count("events", "CA1") == 3
+    record = await store.get_call("CA1")
+    assert record is not None and record.segments == 1
+
+
+async def test_list_calls_pages_without_duplicates_or_gaps(
+    store: DurableStore, backend: Backend
+) -> None:
+    expected: list[str] = []
+    for index in range(23):
+        if index % 4 == 0:
+            backend.clock.advance(1)  # groups of equal created_at exercise the tie-break
+        call_sid = f"CA{index:03d}"
+        await store.call_requested(call_sid, "AC1", None, None)
+        expected.append(call_sid)
+    newest_first = sorted(expected, key=lambda sid: (int(sid[2:]) // 4, sid), reverse=True)
+
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page, cursor = await store.list_calls(5, cursor)
+        seen.extend(record.call_sid for record in page)
+        pages += 1
+        # new calls arriving meanwhile land before the cursor, never inside later pages
+        backend.clock.advance(1)
+        await store.call_requested(f"CB{pages:03d}", None, None, None)
+        if cursor is None:
+            break
+    assert seen == newest_first
+    assert pages == 5
+
+    page, cursor = await store.list_calls(100, None)
+    assert cursor is None and len(page) == 23 + pages
+
+
+async def test_list_calls_rejects_foreign_cursors(store: DurableStore) -> None:
+    with pytest.raises(ValueError):
+        await store.list_calls(10, "not-a-cursor")
+    assert decode_cursor(encode_cursor(123, "CA1")) == (123, "CA1")
+
+
+async def test_delete_call_erases_rows(store: DurableStore, backend: Backend) -> None:
+    await run_call(store, "CA1")
+    await run_call(store, "CA2")
+    assert await store.delete_call("CA1")
+    assert await store.get_call("CA1") is None
+    assert await store.get_segments("CA1") == []
+    for table in ("calls", "segments", "events", "deliveries"):
+        assert await backend.raw_count(table, "CA1") == 0, table
+        assert await backend.raw_count(table, "CA2") > 0, table
+    assert not await store.delete_call("CA1")
+    counts = await store.delivery_counts()
+    assert counts.pending == 5 * len(TARGETS)
+
+
+# the outbox -------------------------------------------------------------------------------
+
+
+async def test_only_the_oldest_unfinished_delivery_per_call_and_target_is_claimable(
+    store: DurableStore, backend: Backend
+) -> None:
+    await run_call(store, "CA1", segments=2)  # 4 events
+    await run_call(store, "CA2", segments=0)  # 2 events
+    now = backend.clock()
+    claimed = await store.claim_deliveries(now, 100, "me", 30, target=TARGETS[0])
+    assert sorted((d.call_sid, d.event_type) for d in claimed) == [
+        ("CA1", "call.started"),
+        ("CA2", "call.started"),
+    ]
+    # nothing more for that target while those are in flight
+    assert await store.claim_deliveries(now, 100, "me", 30, target=TARGETS[0]) == []
+    # another owner never gets a leased delivery
+    assert await store.claim_deliveries(now, 100, "other", 30, target=TARGETS[0]) == []
+
+    first = next(d for d in claimed if d.call_sid == "CA1")
+    assert not await store.mark_delivered(first.delivery_id, "other")
+    assert await store.mark_delivered(first.delivery_id, "me")
+    nxt = await store.claim_deliveries(now, 100, "me", 30, target=TARGETS[0])
+    assert [(d.call_sid, d.event_type) for d in nxt] == [("CA1", "transcript.committed")]
+    assert b'"sequence":1' in nxt[0].body
+
+    # a retry keeps its place at the head of the call's queue until it is due
+    later = now + timedelta(seconds=10)
+    assert await store.mark_retry(nxt[0].delivery_id, "me", later, "HTTP 500")
+    assert await store.claim_deliveries(now, 100, "me", 30, target=TARGETS[0]) == []
+    again = await store.claim_deliveries(later, 100, "me", 30, target=TARGETS[0])
+    assert [d.event_id for d in again] == [nxt[0].event_id]
+    assert again[0].attempts == 1
+
+    # a final failure lets the call move on
+    assert await store.mark_failed(again[0].delivery_id, "me", "HTTP 400")
+    rest = await store.claim_deliveries(later, 100, "me", 30, target=TARGETS[0])
+    assert [b'"sequence":2' in d.body for d in rest if d.call_sid == "CA1"] == [True]
+    counts = await store.delivery_counts()
+    assert (counts.delivered, counts.failed) == (1, 1)
+
+
+async def test_expired_leases_are_claimable_again(store: DurableStore, backend: Backend) -> None:
+    await run_call(store, "CA1", segments=0)
+    now = backend.clock()
+    claimed = await store.claim_deliveries(now, 10, "dead-process", 5)
+    assert len(claimed) == len(TARGETS)  # the heads of both targets
+    assert await store.claim_deliveries(now + timedelta(seconds=4), 10, "me", 5) == []
+    reclaimed = await store.claim_deliveries(now + timedelta(seconds=6), 10, "me", 5)
+    assert {d.event_id for d in reclaimed} == {d.event_id for d in claimed}
+    assert not await store.mark_delivered(claimed[0].delivery_id, "dead-process")
+
+
+async def test_release_claims_returns_leases(store: DurableStore, backend: Backend) -> None:
+    await run_call(store, "CA1", segments=0)
+    now = backend.clock()
+    assert len(await store.claim_deliveries(now, 10, "stopping", 60)) == 2
+    assert await store.release_claims("stopping") == 2
+    assert len(await store.claim_deliveries(now, 10, "me", 60)) == 2
+
+
+async def test_concurrent_claimers_never_share_a_delivery(
+    store: DurableStore, backend: Backend
+) -> None:
+    for index in range(30):
+        await run_call(store, f"CA{index:02d}", segments=0)
+    second = backend.store()
+    await second.open()
+    try:
+        now = backend.clock()
+        results = await asyncio.gather(
+            *(
+                (store if i % 2 else second).claim_deliveries(now, 7, f"owner{i}", 60)
+                for i in range(12)
+            )
+        )
+    finally:
+        await second.close()
+    ids = [d.delivery_id for batch in results for d in batch]
+    assert len(ids) == len(set(ids)) == 30 * len(TARGETS)
+
+
+async def test_purge_finished_deliveries(store: DurableStore, backend: Backend) -> None:
+    await run_call(store, "CA1", segments=0)
+    now = backend.clock()
+    for delivery in await store.claim_deliveries(now, 10, "me", 60):
+        await store.mark_delivered(delivery.delivery_id, "me")
+    assert await store.purge_finished_deliveries(now - timedelta(seconds=1)) == 0
+    assert await store.purge_finished_deliveries(now + timedelta(seconds=1)) == 2
+    counts = await store.delivery_counts()
+    assert (counts.pending, counts.delivered) == (1 * len(TARGETS), 0)
+
+
+# opening ----------------------------------------------------------------------------------
+
+
+async def test_reopening_keeps_data(backend: Backend) -> None:
+    store = backend.store()
+    await store.open()
+    await run_call(store, "CA1")
+    await store.close()
+    store = backend.store()
+    await store.open()
+    try:
+        assert len(await store.get_segments("CA1")) == 3
+    finally:
+        await store.close()
+
+
+async def test_newer_schema_version_is_refused(backend: Backend) -> None:
+    store = backend.store()
+    await store.open()
+    await store.close()
+    await backend.set_schema_version(999)
+    with pytest.raises(StoreError, match=r"^DATABASE_URL: .*schema version 999"):
+        await backend.store().open()
+
+
+async def test_garbage_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"this is not a database, just some bytes\n" * 200)
+    with pytest.raises(StoreError, match=r"^DATABASE_URL: .*not a usable SQLite database"):
+        await open_store(f"sqlite:///{path}").open()
+
+
+async def test_missing_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"^DATABASE_URL: cannot open"):
+        await open_store(f"sqlite:///{tmp_path}/missing/dir/x.db").open()
+
+
+@pytest.mark.postgres
+async def test_unreachable_postgres_is_refused() -> None:
+    store = open_store("postgresql://postgres:hunter2@127.0.0.1:1/test")
+    with pytest.raises(StoreError, match=r"^DATABASE_URL: cannot connect") as info:
+        await store.open()
+    assert "hunter2" not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_factory_reads_database_urls() -> None:
+    assert sqlite_path("sqlite:///./callbridge.db") == Path("./callbridge.db")
+    assert sqlite_path("sqlite:////var/lib/cb/x.db") == Path("/var/lib/cb/x.db")
+    assert isinstance(open_store("sqlite:///./x.db"), SqliteStore)
+    assert isinstance(open_store("postgres://u@h/db"), PostgresStore)
+    assert isinstance(open_store("postgresql://u@h/db"), PostgresStore)
+    with pytest.raises(StoreError, match="DATABASE_URL"):
+        open_store("mysql://u@h/db")
