@@ -89,12 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.set_defaults(handler=run_emulator)
 
     add_calls_commands(commands)
+    from callbridge.demo import add_demo_command
+    from callbridge.simulate import add_simulate_command
+
+    add_demo_command(commands)
+    add_simulate_command(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Logs go to stderr (quiet) until a command configures them its own way.
+    configure_logging("auto", "warning")
     try:
         code: int = args.handler(args)
         return code

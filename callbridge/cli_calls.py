@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -141,7 +142,9 @@ def _run(
     """Open the configured store, run ``work``, print its text; map failures to exit codes."""
     try:
         settings = load_settings(getattr(args, "config", None))
-        text = asyncio.run(_with_store(settings.database.url, work))
+        # whatever the store logs (e.g. a schema migration) goes to stderr: stdout is data
+        with contextlib.redirect_stdout(sys.stderr):
+            text = asyncio.run(_with_store(settings.database.url, work))
     except CallNotFound as exc:
         print(f"callbridge calls: {exc}", file=sys.stderr)
         return EXIT_NOT_FOUND

@@ -19,9 +19,10 @@ import struct
 import subprocess
 import sys
 import tempfile
-import wave
 import warnings
+import wave
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,7 @@ SCRIPT = [
     Line("agent", "You're welcome. Goodbye.", 0.7),
 ]
 TAIL_S = 0.8
+TELEPHONE_BAND = ["highpass", "300", "lowpass", "3400"]  # sox effects
 
 
 def synthesise(line: Line, workdir: Path, index: int) -> np.ndarray:
@@ -79,16 +81,16 @@ def synthesise(line: Line, workdir: Path, index: int) -> np.ndarray:
     )
     # telephone band, 8 kHz, 16-bit mono
     subprocess.run(
-        ["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(phone)]
-        + ["highpass", "300", "lowpass", "3400"],
+        ["sox", "-D", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(phone), *TELEPHONE_BAND],
         check=True,
     )
     with wave.open(str(phone), "rb") as wav:
         samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(float)
     loud = np.flatnonzero(np.abs(samples) > 32768 * 10 ** (ONSET_DBFS / 20))
     samples = samples[loud[0] : loud[-1] + 1]
-    peak = np.abs(samples).max()
-    return samples * (32768 * 10 ** (LEVEL_DBFS / 20) / peak)
+    peak = float(np.abs(samples).max())
+    scaled: np.ndarray = samples * (32768 * 10 ** (LEVEL_DBFS / 20) / peak)
+    return scaled
 
 
 def write_mulaw_wav(path: Path, left: np.ndarray, right: np.ndarray) -> None:
@@ -141,28 +143,27 @@ def main() -> int:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     wav_path = DATA_DIR / "sample_call.wav"
     write_mulaw_wav(wav_path, tracks["caller"], tracks["agent"])
+
+    def ms(sample: int) -> int:
+        return round(sample * 1000 / RATE)
+
+    overlaps = [
+        {"start_ms": ms(start), "end_ms": ms(min(end, previous_end))}
+        for (_, _, previous_end), (_, start, end) in pairwise(placed)
+        if start < previous_end
+    ]
     truth = {
         "file": "sample_call.wav",
         "format": "WAV, 8 kHz, 2 channels, 8-bit G.711 mu-law (format tag 7)",
         "channels": {"left": "caller (Twilio inbound track)", "right": "agent (outbound)"},
         "voices": VOICES,
-        "duration_ms": round(total * 1000 / RATE),
+        "duration_ms": ms(total),
         "turns": [
-            {
-                "speaker": line.speaker,
-                "start_ms": round(start * 1000 / RATE),
-                "end_ms": round(end * 1000 / RATE),
-                "text": line.text,
-            }
+            {"speaker": line.speaker, "start_ms": ms(start), "end_ms": ms(end), "text": line.text}
             for line, start, end in placed
         ],
+        "overlaps": overlaps,
     }
-    overlaps = [
-        {"start_ms": turn["start_ms"], "end_ms": previous["end_ms"]}
-        for previous, turn in zip(truth["turns"], truth["turns"][1:])  # type: ignore[index]
-        if turn["start_ms"] < previous["end_ms"]
-    ]
-    truth["overlaps"] = overlaps
     (DATA_DIR / "sample_call.json").write_text(json.dumps(truth, indent=2) + "\n")
     size_kb = wav_path.stat().st_size / 1024
     print(f"{wav_path}: {total / RATE:.1f} s, {size_kb:.0f} KB, overlaps {overlaps}")

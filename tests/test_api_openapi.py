@@ -371,7 +371,7 @@ fuzz_schema = schemathesis.openapi.from_dict(fuzz_document())
 
 
 @fuzz_schema.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_fuzz_api_from_the_document(case: schemathesis.Case, live_server: ServerThread) -> None:
     response = case.call(base_url=live_server.base_url, headers=AUTH, timeout=10)
     assert response.status_code < 500, response.text

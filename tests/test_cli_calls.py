@@ -125,6 +125,16 @@ def test_list_json_everything(database: str, capsys: pytest.CaptureFixture[str])
     assert len(sids) == 4 and SID in sids
 
 
+def test_fresh_database_keeps_stdout_pure_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'fresh.db'}")
+    code, out, _ = run(["calls", "list", "--json"], capsys)  # migrates, and may log that
+    assert code == 0
+    assert json.loads(out) == {"calls": [], "next_cursor": None}
+
+
 def test_show(database: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["calls", "show", SID], capsys)
     assert code == 0

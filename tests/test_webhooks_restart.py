@@ -50,9 +50,9 @@ async def spawn(mode: str, db: Path, target: str) -> asyncio.subprocess.Process:
     )
 
 
-async def read_until(process: asyncio.subprocess.Process, word: bytes, timeout: float) -> None:
+async def read_until(process: asyncio.subprocess.Process, word: bytes, within_s: float) -> None:
     assert process.stdout is not None
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within_s):
         while True:
             line = await process.stdout.readline()
             if not line:
@@ -73,7 +73,7 @@ async def test_pending_events_survive_sigkill(tmp_path: Path) -> None:
     try:
         await receiver.wait_for(5, timeout=20)
         await receiver.stop()
-        await read_until(first, b"ENQUEUED", timeout=30)
+        await read_until(first, b"ENQUEUED", within_s=30)
         await asyncio.sleep(0.5)  # retries against the dead port are in progress
     finally:
         first.send_signal(signal.SIGKILL)
@@ -95,7 +95,7 @@ async def test_pending_events_survive_sigkill(tmp_path: Path) -> None:
     await receiver.start()
     try:
         second = await spawn("drain", db, receiver.url)
-        await read_until(second, b"DRAINED", timeout=60)
+        await read_until(second, b"DRAINED", within_s=60)
         assert await second.wait() == 0
     finally:
         await receiver.stop()

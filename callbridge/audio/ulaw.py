@@ -8,14 +8,15 @@ PCM for the optional ``pcm_8000`` format.
 
 from __future__ import annotations
 
-import sys
+import warnings
 
 import numpy as np
 import numpy.typing as npt
 
-if sys.version_info >= (3, 13):  # pragma: no cover - audioop-lts provides the same module
-    import audioop
-else:
+with warnings.catch_warnings():
+    # Deprecated in 3.11-3.12 and removed in 3.13, where the audioop-lts package (a declared
+    # dependency there) provides the same module.
+    warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
 SAMPLE_RATE = 8000

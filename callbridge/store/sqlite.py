@@ -566,19 +566,16 @@ class SqliteStore:
         now = self._now_us()
 
         def work(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(
-                "SELECT call_sid, target FROM deliveries WHERE delivery_id = ? "
-                "AND status = 'pending' AND lease_owner = ?",
-                (delivery_id, owner),
-            ).fetchone()
-            if row is None:
-                return False
-            conn.execute(
+            rows = conn.execute(
                 "UPDATE deliveries SET status = ?, is_head = 0, attempts = attempts + 1, "
                 "last_error = ?, lease_owner = NULL, lease_expires_at = NULL, finished_at = ? "
-                "WHERE delivery_id = ?",
-                (status, error, now, delivery_id),
-            )
+                "WHERE delivery_id = ? AND status = 'pending' AND lease_owner = ? "
+                "RETURNING call_sid, target",
+                (status, error, now, delivery_id, owner),
+            ).fetchall()
+            if not rows:
+                return False
+            row = rows[0]
             conn.execute(
                 "UPDATE deliveries SET is_head = 1 WHERE delivery_id = (SELECT min(delivery_id) "
                 "FROM deliveries WHERE call_sid = ? AND target = ? AND status = 'pending')",

@@ -1,0 +1,153 @@
+"""Webhook delivery benchmark on SQLite: sustained throughput and commit-to-POST latency.
+
+    .venv/bin/python benchmarks/webhooks.py [--calls 100 --segments 30 --rate 300 --seconds 10]
+
+Throughput: ``--calls`` calls commit ``--segments`` segments each as fast as they can
+(interleaved, each call in order) through :class:`StoreSink`; events/s is every event
+delivered to a healthy local receiver divided by the time from the first commit to the
+last arrival. Latency: segments are committed at ``--rate`` per second spread over the
+calls for ``--seconds``; each sample is the time from calling
+``StoreSink.segment_committed`` to the signed POST arriving at the receiver (one process,
+one clock). Everything — store thread, dispatcher, receiver — shares one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from callbridge.config import WebhookSettings
+from callbridge.logs import configure_logging
+from callbridge.models import CallEnded, CallInfo, CommittedSegment, EndReason, Track, Word
+from callbridge.store.factory import open_store
+from callbridge.testing.webhook_receiver import WebhookReceiver
+from callbridge.webhooks.dispatcher import WebhookDispatcher
+from callbridge.webhooks.sink import StoreSink
+
+SECRET = "whsec_" + base64.b64encode(b"benchmark-secret-0123456789abcdef").decode()
+TEXT = "thanks for calling, how can I help you with your account today"
+
+
+def summarize(ended: CallEnded, segments: Sequence[CommittedSegment]) -> dict[str, Any]:
+    return {"call_sid": ended.call_sid, "segments": len(segments)}
+
+
+def call_info(call_sid: str) -> CallInfo:
+    return CallInfo(
+        call_sid, "MZ" + call_sid[2:], "AC1", "+1555", "+1666", ("inbound", "outbound"), {},
+        datetime.now(UTC),
+    )  # fmt: skip
+
+
+def segment(call_sid: str, sequence: int) -> CommittedSegment:
+    words = tuple(Word(w, i * 300, i * 300 + 250) for i, w in enumerate(TEXT.split()))
+    return CommittedSegment(
+        call_sid, "MZ" + call_sid[2:], sequence, "caller", Track.INBOUND, TEXT,
+        sequence * 4000, sequence * 4000 + 3500, "en", words,
+    )  # fmt: skip
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def throughput(sink: StoreSink, receiver: WebhookReceiver, calls: int, segments: int) -> None:
+    async def one_call(index: int) -> None:
+        call_sid = f"CT{index:032d}"
+        await sink.call_started(call_info(call_sid))
+        for sequence in range(1, segments + 1):
+            await sink.segment_committed(segment(call_sid, sequence))
+        await sink.call_ended(
+            CallEnded(call_sid, "MZ", datetime.now(UTC), 60_000, EndReason.STOP, segments, ())
+        )
+
+    total = calls * (segments + 2)
+    started = time.perf_counter()
+    await asyncio.gather(*(one_call(i) for i in range(calls)))
+    committed = time.perf_counter()
+    await receiver.wait_for(total, timeout=300)
+    finished = receiver.requests[-1].received_monotonic
+    invalid = sum(1 for r in receiver.requests if not r.signature_valid)
+    print(f"throughput: {total} events ({calls} calls × {segments + 2}) delivered")
+    print(f"  commits: {total / (committed - started):8.0f} events/s")
+    print(f"  delivery: {total / (finished - started):8.0f} events/s sustained (first commit → last POST)")
+    print(f"  invalid signatures: {invalid}")
+
+
+async def latency(
+    sink: StoreSink, receiver: WebhookReceiver, calls: int, rate: float, seconds: float
+) -> None:
+    committed_at: dict[tuple[str, int], float] = {}
+    interval = calls / rate  # each call commits every `interval` seconds
+    deadline = time.perf_counter() + seconds
+
+    async def one_call(index: int) -> None:
+        call_sid = f"CL{index:032d}"
+        await sink.call_started(call_info(call_sid))
+        await asyncio.sleep(interval * index / calls)  # spread the calls over one interval
+        sequence = 0
+        next_at = time.perf_counter()
+        while time.perf_counter() < deadline:
+            sequence += 1
+            committed_at[(call_sid, sequence)] = time.perf_counter()
+            await sink.segment_committed(segment(call_sid, sequence))
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+
+    before = len(receiver.requests)
+    await asyncio.gather(*(one_call(i) for i in range(calls)))
+    expected = len(committed_at) + calls
+    await receiver.wait_for(before + expected, timeout=60)
+    samples = [
+        (r.received_monotonic - committed_at[(r.data["call_sid"], r.data["sequence"])]) * 1000
+        for r in receiver.requests[before:]
+        if r.event_type == "transcript.committed"
+    ]
+    print(f"latency: {len(samples)} segments at {rate:g}/s over {calls} calls for {seconds:g} s")
+    print(
+        f"  commit → POST arrival: p50 {statistics.median(samples):.2f} ms, "
+        f"p99 {percentile(samples, 0.99):.2f} ms, max {max(samples):.2f} ms"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--segments", type=int, default=30)
+    parser.add_argument("--rate", type=float, default=300.0, help="segments/s in the latency run")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--db", type=Path, default=None, help="SQLite file (default: a temp dir)")
+    args = parser.parse_args()
+    configure_logging("console", "warning")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = args.db or Path(tmp) / "bench.db"
+        async with WebhookReceiver(secret=SECRET) as receiver:
+            store = open_store(f"sqlite:///{db}", webhook_targets=[receiver.url])
+            await store.open()
+            dispatcher = WebhookDispatcher(
+                store, WebhookSettings(urls=(receiver.url,), secret=SECRET)
+            )
+            await dispatcher.start()
+            sink = StoreSink(store, summarize, dispatcher.notify)
+            try:
+                print(f"python {sys.version.split()[0]}, SQLite at {db}")
+                await throughput(sink, receiver, args.calls, args.segments)
+                await latency(sink, receiver, args.calls, args.rate, args.seconds)
+            finally:
+                await dispatcher.stop(5)
+                await store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,278 @@
+"""``callbridge demo``: the whole product on one machine, in one command, in a few seconds.
+
+It starts the real bridge in-process on a free local port (temporary SQLite database,
+random Twilio and API tokens), a local webhook receiver that verifies the Standard
+Webhooks signatures, and, without ``ELEVENLABS_API_KEY``, the bundled Scribe emulator.
+Then it plays the bundled two-speaker sample call through the real code path as a Twilio
+call, prints every ``transcript.committed`` event as the receiver gets it, and finally
+the post-call summary from the ``call.ended`` event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import dataclasses
+import os
+import secrets
+import socket
+import tempfile
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from callbridge.app import create_app
+from callbridge.config import (
+    ApiSettings,
+    DatabaseSettings,
+    LoggingSettings,
+    Settings,
+    TwilioSettings,
+    WebhookSettings,
+    load_settings,
+)
+from callbridge.logs import configure_logging
+from callbridge.simulate import (
+    Bridge,
+    Console,
+    SimulateError,
+    load_call_audio,
+    play_call,
+    progress_text,
+    sample_call_path,
+    segment_line,
+    summary_lines,
+)
+from callbridge.testing.scribe_emulator import ScribeEmulator
+from callbridge.testing.twilio_simulator import new_call_sid
+from callbridge.testing.webhook_receiver import ReceivedRequest, Reply, WebhookReceiver
+
+EMULATOR_SPEED = 4.0
+EMULATOR_NOTICE = (
+    "callbridge demo: no ELEVENLABS_API_KEY, using the bundled Scribe emulator "
+    "(text shows what it heard, e.g. [emulated: 1.8 s of speech])"
+)
+CALL_END_WAIT_S = 60.0
+
+
+def demo_settings(
+    base: Settings,
+    *,
+    port: int,
+    scribe_url: str | None,
+    scribe_key: str | None,
+    webhook_url: str,
+    webhook_secret: str,
+    twilio_token: str,
+    api_token: str,
+    database_path: Path,
+    speed: float,
+    log_level: str,
+) -> Settings:
+    """``base`` (the user's config) pointed at the local pieces of the demo."""
+    scribe = base.scribe
+    if scribe_url is not None and scribe_key is not None:
+        scribe = dataclasses.replace(scribe, url=scribe_url, api_key=scribe_key)
+    turns = base.turns
+    if speed > 1.0:
+        # The simulator plays the call `speed` times faster than real time, so the stream
+        # clock runs `speed` times faster than the wall clock. The two wall-clock limits of
+        # the Scribe stream scale with it: the catch-up limit (how much faster than real
+        # time held-back audio may be sent) must be at least `speed` times higher, and the
+        # commit spacing (real Scribe throttles commits closer than about 1 s) `speed`
+        # times shorter, else the transcripts lag behind the call. The emulator does not
+        # throttle; against the real service the commit spacing stays as configured.
+        turns = dataclasses.replace(
+            turns,
+            catchup_speed=max(turns.catchup_speed, turns.catchup_speed * speed),
+            min_commit_interval_ms=(
+                turns.min_commit_interval_ms
+                if scribe_url is None
+                else max(10, round(turns.min_commit_interval_ms / speed))
+            ),
+        )
+    public_url = f"http://127.0.0.1:{port}"
+    return base.replace(
+        server=dataclasses.replace(
+            base.server, host="127.0.0.1", port=port, public_url=public_url, workers=1
+        ),
+        twilio=TwilioSettings(auth_token=twilio_token),
+        scribe=scribe,
+        turns=turns,
+        webhook=WebhookSettings(urls=(webhook_url,), secret=webhook_secret, backoff_initial_s=0.2),
+        api=ApiSettings(tokens=(api_token,)),
+        database=DatabaseSettings(url=f"sqlite:///{database_path}"),
+        logging=LoggingSettings(format=base.logging.format, level=log_level),
+    )
+
+
+class EventPrinter:
+    """The webhook receiver's responder: prints each event once, as it arrives."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.seen: set[str] = set()
+        self.call_ended: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.bad_signatures = 0
+
+    def __call__(self, request: ReceivedRequest) -> Reply:
+        if request.signature_valid is False:
+            self.bad_signatures += 1
+            self.console.note("callbridge demo: a webhook with an INVALID signature was refused")
+            return Reply(401)
+        webhook_id = request.webhook_id or ""
+        if webhook_id in self.seen:  # at-least-once delivery: a retry of one already shown
+            return Reply(200)
+        self.seen.add(webhook_id)
+        data = request.data
+        if request.event_type == "transcript.committed":
+            self.console.line(segment_line(data))
+        elif request.event_type == "call.ended" and not self.call_ended.done():
+            self.call_ended.set_result(data)
+        return Reply(200)
+
+
+def _listening_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def run_demo(args: argparse.Namespace, console: Console) -> int:
+    base = load_settings(args.config)
+    real_key = os.environ.get("ELEVENLABS_API_KEY", "").strip()
+    speed = args.speed if args.speed is not None else (1.0 if real_key else EMULATOR_SPEED)
+    if real_key:
+        console.line(
+            f"callbridge demo: ELEVENLABS_API_KEY is set, using ElevenLabs Scribe at "
+            f"{base.scribe.url}"
+        )
+    else:
+        console.line(EMULATOR_NOTICE)
+    configure_logging(base.logging.format, "info" if args.verbose else "warning")
+    tracks = load_call_audio(args.wav or sample_call_path())
+    twilio_token = secrets.token_hex(16)
+    api_token = secrets.token_urlsafe(24)
+    webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode("ascii")
+    printer = EventPrinter(console)
+
+    async with AsyncExitStack() as stack:
+        scribe_url = scribe_key = None
+        if not real_key:
+            scribe_key = secrets.token_hex(8)
+            emulator = ScribeEmulator(api_key=scribe_key, transcriber="duration")
+            await stack.enter_async_context(emulator)
+            scribe_url = emulator.url
+        receiver = WebhookReceiver(secret=webhook_secret)
+        receiver.set_responder(printer)
+        await stack.enter_async_context(receiver)
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="callbridge-")))
+        sock = _listening_socket()
+        port = sock.getsockname()[1]
+        settings = demo_settings(
+            base,
+            port=port,
+            scribe_url=scribe_url,
+            scribe_key=scribe_key,
+            webhook_url=receiver.url,
+            webhook_secret=webhook_secret,
+            twilio_token=twilio_token,
+            api_token=api_token,
+            database_path=workdir / "demo.db",
+            speed=speed,
+            log_level="info" if args.verbose else "warning",
+        )
+        runner = web.AppRunner(
+            create_app(settings), handle_signals=False, access_log=None, shutdown_timeout=5.0
+        )
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        await web.SockSite(runner, sock).start()
+        bridge = Bridge(
+            url=settings.server.public_url,
+            public_url=settings.server.public_url,
+            auth_token=twilio_token,
+        )
+        total_s = max(len(audio) for audio in tracks.values()) / 8000
+        source = Path(args.wav).name if args.wav else "the bundled sample call"
+        console.line(
+            f"callbridge demo: bridge on {bridge.url}, webhooks to {receiver.url}; "
+            f"playing {source} ({total_s:.1f} s, caller and agent) at {speed:g}x"
+        )
+        console.line("")
+        call_sid = new_call_sid()
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            await play_call(
+                session,
+                bridge,
+                tracks,
+                call_sid=call_sid,
+                speed=speed,
+                on_progress=lambda sent, total: console.progress(progress_text(sent, total)),
+            )
+        console.progress("")
+        try:
+            async with asyncio.timeout(CALL_END_WAIT_S):
+                ended = await printer.call_ended
+        except TimeoutError:
+            raise SimulateError(
+                f"no call.ended webhook within {CALL_END_WAIT_S:.0f} s of the call's end "
+                "(run with --verbose to see the bridge's log)"
+            ) from None
+        summary = ended.get("summary") or {}
+        console.line("")
+        for line in summary_lines(summary):
+            console.line(line)
+        signed = "all signatures valid" if not printer.bad_signatures else "SIGNATURE ERRORS"
+        console.line("")
+        console.line(
+            f"callbridge demo: {len(printer.seen)} webhook events received ({signed}); "
+            f"call {call_sid}. Next: `callbridge serve` for real calls (see the README)."
+        )
+    return 0 if not printer.bad_signatures else 1
+
+
+def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "demo",
+        help="run a bridge, a webhook receiver and a sample call locally; print the transcript",
+        description=(
+            "Start the real bridge in-process with a temporary database, a local webhook "
+            "receiver (signatures verified) and, without ELEVENLABS_API_KEY, the bundled "
+            "Scribe emulator; play the bundled two-speaker call through it as a Twilio call; "
+            "print each transcript.committed webhook and the post-call summary. "
+            "No network is needed without a key."
+        ),
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help=f"playback speed ({EMULATOR_SPEED:g} with the emulator, 1 = real time, the "
+        "default with ELEVENLABS_API_KEY)",
+    )
+    parser.add_argument(
+        "--wav", metavar="FILE", default=None, help="play this WAV instead of the sample call"
+    )
+    parser.add_argument("--verbose", action="store_true", help="show the bridge's log")
+    parser.set_defaults(handler=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    console = Console()
+    if args.speed is not None and not args.speed > 0:
+        console.note("callbridge demo: --speed must be more than 0")
+        return 2
+    try:
+        return asyncio.run(run_demo(args, console))
+    except SimulateError as exc:
+        console.note(f"callbridge demo: {exc}")
+        return 1

@@ -1,0 +1,105 @@
+"""Settings: defaults, the documented file, environment overrides, one-line errors."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from callbridge.config import (
+    ConfigError,
+    Settings,
+    check_serve,
+    load_settings,
+    redacted,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_documented_file_matches_the_embedded_defaults() -> None:
+    assert load_settings(ROOT / "config" / "callbridge.toml", environ={}) == Settings()
+
+
+def test_documented_file_names_every_setting() -> None:
+    table = tomllib.loads((ROOT / "config" / "callbridge.toml").read_text())
+    for section, values in redacted(Settings()).items():
+        assert set(table[section]) == set(values), section
+
+
+def test_fixed_environment_names_override_the_file(tmp_path: Path) -> None:
+    env = {
+        "ELEVENLABS_API_KEY": "k",
+        "CALLBRIDGE_SCRIBE_URL": "ws://127.0.0.1:9/x",
+        "TWILIO_AUTH_TOKEN": "t",
+        "CALLBRIDGE_PUBLIC_URL": "https://bridge.example.com",
+        "CALLBRIDGE_WEBHOOK_URLS": "https://a.example/h, https://b.example/h",
+        "CALLBRIDGE_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "CALLBRIDGE_API_TOKENS": "one,two",
+        "DATABASE_URL": "postgresql://u@h/db",
+        "CALLBRIDGE_LANGUAGE": "en",
+        "CALLBRIDGE_INBOUND_LABEL": "customer",
+        "CALLBRIDGE_OUTBOUND_LABEL": "rep",
+        "HOST": "127.0.0.1",
+        "PORT": "9000",
+        "CALLBRIDGE_TWILIO_VALIDATE": "false",
+        "CALLBRIDGE_TURNS_TURN_END_MS": "700",
+    }
+    s = load_settings(environ=env)
+    assert s.scribe.api_key == "k" and s.scribe.url == "ws://127.0.0.1:9/x"
+    assert s.webhook.urls == ("https://a.example/h", "https://b.example/h")
+    assert s.api.tokens == ("one", "two")
+    assert s.database.url == "postgresql://u@h/db"
+    assert (s.speakers.inbound_label, s.speakers.outbound_label) == ("customer", "rep")
+    assert (s.server.host, s.server.port) == ("127.0.0.1", 9000)
+    assert s.twilio.validate is False and s.turns.turn_end_ms == 700
+    check_serve(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"PORT": "eighty"}, "PORT"),
+        ({"CALLBRIDGE_WEBHOOK_URLS": "ftp://x"}, "CALLBRIDGE_WEBHOOK_URLS"),
+        ({"CALLBRIDGE_WEBHOOK_SECRET": "secret"}, "CALLBRIDGE_WEBHOOK_SECRET"),
+        ({"CALLBRIDGE_WEBHOOK_SECRET": "whsec_%%%"}, "CALLBRIDGE_WEBHOOK_SECRET"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"CALLBRIDGE_PUBLIC_URL": "bridge.example.com"}, "CALLBRIDGE_PUBLIC_URL"),
+        ({"CALLBRIDGE_SCRIBE_AUDIO_FORMAT": "mp3"}, "CALLBRIDGE_SCRIBE_AUDIO_FORMAT"),
+        ({"CALLBRIDGE_TWILIO_VALIDATE": "maybe"}, "CALLBRIDGE_TWILIO_VALIDATE"),
+    ],
+)
+def test_bad_values_name_the_setting(env: dict[str, str], setting: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(environ=env)
+    assert error.value.setting == setting
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
+        ({}, "ELEVENLABS_API_KEY"),
+        ({"ELEVENLABS_API_KEY": "k"}, "CALLBRIDGE_PUBLIC_URL"),
+        ({"ELEVENLABS_API_KEY": "k", "CALLBRIDGE_PUBLIC_URL": "https://b.example"}, "TWILIO_AUTH_TOKEN"),
+    ],
+)
+def test_serve_needs_its_keys(env: dict[str, str], missing: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        check_serve(load_settings(environ=env))
+    assert error.value.setting == missing
+
+
+def test_unknown_keys_in_the_file_are_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[scribe]\napi_kee = 'x'\n")
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, environ={})
+    assert error.value.setting == "scribe.api_kee"
+
+
+def test_secrets_are_masked() -> None:
+    s = load_settings(environ={"ELEVENLABS_API_KEY": "sk-secret", "CALLBRIDGE_API_TOKENS": "tok"})
+    shown = str(redacted(s))
+    assert "sk-secret" not in shown and "tok'" not in shown

@@ -1,0 +1,180 @@
+"""`callbridge serve` as a real process: start-up errors, and draining on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from callbridge.testing.scribe_emulator import ScribeEmulator
+from callbridge.testing.twilio_simulator import TwilioCallSimulator
+from tests.bridge_harness import API_TOKEN, AUTH_TOKEN, free_port
+from tests.test_bridge_e2e import track
+
+pytestmark = pytest.mark.slow
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBRIDGE_", "TWILIO_"))}
+    env.pop("ELEVENLABS_API_KEY", None)
+    env.pop("DATABASE_URL", None)
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({}, "ELEVENLABS_API_KEY"),
+        ({"ELEVENLABS_API_KEY": "k"}, "CALLBRIDGE_PUBLIC_URL"),
+        ({"ELEVENLABS_API_KEY": "k", "CALLBRIDGE_PUBLIC_URL": "https://b.example"}, "TWILIO_AUTH_TOKEN"),
+        (
+            {
+                "ELEVENLABS_API_KEY": "k",
+                "CALLBRIDGE_PUBLIC_URL": "https://b.example",
+                "TWILIO_AUTH_TOKEN": "t",
+                "CALLBRIDGE_WEBHOOK_SECRET": "not-a-secret",
+            },
+            "CALLBRIDGE_WEBHOOK_SECRET",
+        ),
+    ],
+)
+def test_serve_refuses_to_start_with_one_line_naming_the_setting(
+    tmp_path: Path, env: dict[str, str], setting: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "callbridge", "serve"],
+        env=base_env(**env),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and setting in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_unreadable_database_is_a_one_line_start_up_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.db").write_bytes(b"this is not a database" * 100)
+    result = subprocess.run(
+        [sys.executable, "-m", "callbridge", "serve"],
+        env=base_env(
+            ELEVENLABS_API_KEY="k",
+            CALLBRIDGE_PUBLIC_URL="https://b.example",
+            TWILIO_AUTH_TOKEN="t",
+            DATABASE_URL=f"sqlite:///{tmp_path / 'bad.db'}",
+            PORT=str(free_port()),
+        ),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "DATABASE_URL" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[ScribeEmulator]:
+    async with ScribeEmulator(api_key="test-key", transcriber="tones") as emu:
+        yield emu
+
+
+async def wait_healthy(base_url: str, proc: subprocess.Popen[bytes]) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            assert proc.poll() is None, "server exited early"
+            try:
+                async with http.get(f"{base_url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("server did not become healthy")
+
+
+async def test_sigterm_during_live_calls_delivers_every_utterance_and_exits_0(
+    tmp_path: Path, emulator: ScribeEmulator
+) -> None:
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    db = tmp_path / "bridge.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "callbridge", "serve"],
+        env=base_env(
+            ELEVENLABS_API_KEY="test-key",
+            CALLBRIDGE_SCRIBE_URL=emulator.url,
+            TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+            CALLBRIDGE_PUBLIC_URL=public,
+            CALLBRIDGE_API_TOKENS=API_TOKEN,
+            DATABASE_URL=f"sqlite:///{db}",
+            PORT=str(port),
+            HOST="127.0.0.1",
+            CALLBRIDGE_TURNS_MIN_COMMIT_INTERVAL_MS="50",
+            CALLBRIDGE_LOGGING_FORMAT="json",
+        ),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        await wait_healthy(public, proc)
+        calls = []
+        for index in range(3):
+            base = 500 + 200 * index
+            audio = track(6000, [(300, [base, base + 50]), (2000, [base + 100, base + 150, base + 200])], index)
+            sim = TwilioCallSimulator(
+                f"ws://127.0.0.1:{port}/twilio/media", auth_token=AUTH_TOKEN, public_url=public
+            )
+            calls.append((sim, base, asyncio.create_task(sim.run(inbound=audio, speed=1.0, end="none"))))
+        # Signal while every call is live: the second utterance is mid-way (≈ 2.6 s in).
+        await asyncio.sleep(2.6)
+        proc.send_signal(signal.SIGTERM)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(20):
+                try:
+                    async with http.get(f"{public}/healthz") as response:
+                        if response.status == 503:
+                            break
+                except aiohttp.ClientError:
+                    break
+                await asyncio.sleep(0.02)
+        exit_code = await asyncio.to_thread(proc.wait, 30)
+        assert exit_code == 0, proc.stdout.read().decode() if proc.stdout else ""
+        for sim, _, task in calls:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await sim.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with sqlite3.connect(db) as conn:
+        for sim, base, _ in calls:
+            texts = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT text FROM segments WHERE call_sid = ? ORDER BY sequence", (sim.call_sid,)
+                )
+                if row[0]
+            ]
+            spoken_before_signal = [f"tone{base}", f"tone{base + 50}"]
+            heard = " ".join(texts).split()
+            # Everything spoken before the signal is there (and what followed, up to the cut).
+            assert heard[:2] == spoken_before_signal, (sim.call_sid, texts)
+            assert f"tone{base + 100}" in heard
+            status = conn.execute(
+                "SELECT status, end_reason FROM calls WHERE call_sid = ?", (sim.call_sid,)
+            ).fetchone()
+            assert status == ("ended", "shutdown")
