@@ -1,14 +1,16 @@
 """Webhook delivery benchmark on SQLite: sustained throughput and commit-to-POST latency.
 
     .venv/bin/python benchmarks/webhooks.py [--calls 100 --segments 30 --rate 300 --seconds 10]
+        [--same-process]
 
 Throughput: ``--calls`` calls commit ``--segments`` segments each as fast as they can
 (interleaved, each call in order) through :class:`StoreSink`; events/s is every event
 delivered to a healthy local receiver divided by the time from the first commit to the
 last arrival. Latency: segments are committed at ``--rate`` per second spread over the
 calls for ``--seconds``; each sample is the time from calling
-``StoreSink.segment_committed`` to the signed POST arriving at the receiver (one process,
-one clock). Everything — store thread, dispatcher, receiver — shares one machine.
+``StoreSink.segment_committed`` to the signed POST arriving at the receiver. The receiver
+runs in its own process (as a real one would; ``--same-process`` puts it on the bridge's
+event loop instead) and reports arrivals on ``CLOCK_MONOTONIC``, which all processes share.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
+import json
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +35,7 @@ from callbridge.config import WebhookSettings
 from callbridge.logs import configure_logging
 from callbridge.models import CallEnded, CallInfo, CommittedSegment, EndReason, Track, Word
 from callbridge.store.factory import open_store
-from callbridge.testing.webhook_receiver import WebhookReceiver
+from callbridge.testing.webhook_receiver import ReceivedRequest, Reply, WebhookReceiver
 from callbridge.webhooks.dispatcher import WebhookDispatcher
 from callbridge.webhooks.sink import StoreSink
 
@@ -61,7 +67,97 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def throughput(sink: StoreSink, receiver: WebhookReceiver, calls: int, segments: int) -> None:
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    call_sid: str
+    sequence: int | None
+    event_type: str
+    at: float  # time.perf_counter() (CLOCK_MONOTONIC) on arrival
+    valid: bool
+
+
+class Arrivals:
+    """What the receiver saw, from this process or streamed by the receiver process."""
+
+    def __init__(self) -> None:
+        self.records: list[Arrival] = []
+        self._changed = asyncio.Condition()
+
+    async def add(self, arrival: Arrival) -> None:
+        async with self._changed:
+            self.records.append(arrival)
+            self._changed.notify_all()
+
+    async def wait_for(self, count: int, within_s: float) -> None:
+        async with asyncio.timeout(within_s), self._changed:
+            await self._changed.wait_for(lambda: len(self.records) >= count)
+
+
+def arrival_of(request: ReceivedRequest) -> Arrival:
+    return Arrival(
+        call_sid=str(request.data.get("call_sid")),
+        sequence=request.data.get("sequence"),
+        event_type=str(request.event_type),
+        at=request.received_monotonic,
+        valid=bool(request.signature_valid),
+    )
+
+
+async def run_receiver_process() -> None:
+    """``--receiver-only``: serve, print the URL, then one JSON line per request."""
+    out = sys.stdout
+
+    def record(request: ReceivedRequest) -> Reply:
+        out.write(json.dumps(dataclasses.asdict(arrival_of(request))) + "\n")
+        out.flush()
+        return Reply(200)
+
+    async with WebhookReceiver(secret=SECRET) as receiver:
+        receiver.set_responder(record)
+        out.write(f"URL {receiver.url}\n")
+        out.flush()
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+@asynccontextmanager
+async def receiver_process(arrivals: Arrivals) -> AsyncIterator[str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--receiver-only",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stdin is not None
+    first = (await process.stdout.readline()).decode().split()
+    url = first[1]
+
+    async def pump() -> None:
+        assert process.stdout is not None
+        async for line in process.stdout:
+            await arrivals.add(Arrival(**json.loads(line)))
+
+    pumping = asyncio.create_task(pump())
+    try:
+        yield url
+    finally:
+        process.stdin.close()
+        await process.wait()
+        pumping.cancel()
+
+
+@asynccontextmanager
+async def receiver_here(arrivals: Arrivals) -> AsyncIterator[str]:
+    async def record(request: ReceivedRequest) -> Reply:
+        await arrivals.add(arrival_of(request))
+        return Reply(200)
+
+    async with WebhookReceiver(secret=SECRET) as receiver:
+        receiver.set_responder(record)
+        yield receiver.url
+
+
+async def throughput(sink: StoreSink, receiver: Arrivals, calls: int, segments: int) -> None:
     async def one_call(index: int) -> None:
         call_sid = f"CT{index:032d}"
         await sink.call_started(call_info(call_sid))
@@ -75,17 +171,20 @@ async def throughput(sink: StoreSink, receiver: WebhookReceiver, calls: int, seg
     started = time.perf_counter()
     await asyncio.gather(*(one_call(i) for i in range(calls)))
     committed = time.perf_counter()
-    await receiver.wait_for(total, timeout=300)
-    finished = receiver.requests[-1].received_monotonic
-    invalid = sum(1 for r in receiver.requests if not r.signature_valid)
+    await receiver.wait_for(total, within_s=300)
+    finished = receiver.records[-1].at
+    invalid = sum(1 for r in receiver.records if not r.valid)
     print(f"throughput: {total} events ({calls} calls × {segments + 2}) delivered")
     print(f"  commits: {total / (committed - started):8.0f} events/s")
-    print(f"  delivery: {total / (finished - started):8.0f} events/s sustained (first commit → last POST)")
+    print(
+        f"  delivery: {total / (finished - started):8.0f} events/s sustained"
+        " (first commit → last POST)"
+    )
     print(f"  invalid signatures: {invalid}")
 
 
 async def latency(
-    sink: StoreSink, receiver: WebhookReceiver, calls: int, rate: float, seconds: float
+    sink: StoreSink, receiver: Arrivals, calls: int, rate: float, seconds: float
 ) -> None:
     committed_at: dict[tuple[str, int], float] = {}
     interval = calls / rate  # each call commits every `interval` seconds
@@ -104,14 +203,14 @@ async def latency(
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
 
-    before = len(receiver.requests)
+    before = len(receiver.records)
     await asyncio.gather(*(one_call(i) for i in range(calls)))
     expected = len(committed_at) + calls
-    await receiver.wait_for(before + expected, timeout=60)
+    await receiver.wait_for(before + expected, within_s=60)
     samples = [
-        (r.received_monotonic - committed_at[(r.data["call_sid"], r.data["sequence"])]) * 1000
-        for r in receiver.requests[before:]
-        if r.event_type == "transcript.committed"
+        (r.at - committed_at[(r.call_sid, r.sequence)]) * 1000
+        for r in receiver.records[before:]
+        if r.event_type == "transcript.committed" and r.sequence is not None
     ]
     print(f"latency: {len(samples)} segments at {rate:g}/s over {calls} calls for {seconds:g} s")
     print(
@@ -127,23 +226,29 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=300.0, help="segments/s in the latency run")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--db", type=Path, default=None, help="SQLite file (default: a temp dir)")
+    parser.add_argument("--same-process", action="store_true", help="receiver on this loop")
+    parser.add_argument("--receiver-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     configure_logging("console", "warning")
+    if args.receiver_only:
+        await run_receiver_process()
+        return
 
+    arrivals = Arrivals()
+    receiver = receiver_here(arrivals) if args.same_process else receiver_process(arrivals)
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or Path(tmp) / "bench.db"
-        async with WebhookReceiver(secret=SECRET) as receiver:
-            store = open_store(f"sqlite:///{db}", webhook_targets=[receiver.url])
+        async with receiver as url:
+            store = open_store(f"sqlite:///{db}", webhook_targets=[url])
             await store.open()
-            dispatcher = WebhookDispatcher(
-                store, WebhookSettings(urls=(receiver.url,), secret=SECRET)
-            )
+            dispatcher = WebhookDispatcher(store, WebhookSettings(urls=(url,), secret=SECRET))
             await dispatcher.start()
             sink = StoreSink(store, summarize, dispatcher.notify)
+            where = "this process" if args.same_process else "its own process"
             try:
-                print(f"python {sys.version.split()[0]}, SQLite at {db}")
-                await throughput(sink, receiver, args.calls, args.segments)
-                await latency(sink, receiver, args.calls, args.rate, args.seconds)
+                print(f"python {sys.version.split()[0]}, SQLite at {db}, receiver in {where}")
+                await throughput(sink, arrivals, args.calls, args.segments)
+                await latency(sink, arrivals, args.calls, args.rate, args.seconds)
             finally:
                 await dispatcher.stop(5)
                 await store.close()

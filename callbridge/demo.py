@@ -22,6 +22,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from callbridge.app import create_app
@@ -44,6 +45,7 @@ from callbridge.simulate import (
     progress_text,
     sample_call_path,
     segment_line,
+    speed_text,
     summary_lines,
 )
 from callbridge.testing.scribe_emulator import ScribeEmulator
@@ -56,6 +58,7 @@ EMULATOR_NOTICE = (
     "(text shows what it heard, e.g. [emulated: 1.8 s of speech])"
 )
 CALL_END_WAIT_S = 60.0
+AS_FAST_AS_POSSIBLE = 100.0  # what --speed 0 amounts to, for the turn settings
 
 
 def demo_settings(
@@ -77,21 +80,22 @@ def demo_settings(
     if scribe_url is not None and scribe_key is not None:
         scribe = dataclasses.replace(scribe, url=scribe_url, api_key=scribe_key)
     turns = base.turns
-    if speed > 1.0:
-        # The simulator plays the call `speed` times faster than real time, so the stream
-        # clock runs `speed` times faster than the wall clock. The two wall-clock limits of
+    factor = speed if speed > 0 else AS_FAST_AS_POSSIBLE
+    if factor > 1.0:
+        # The simulator plays the call `factor` times faster than real time, so the stream
+        # clock runs `factor` times faster than the wall clock. The two wall-clock limits of
         # the Scribe stream scale with it: the catch-up limit (how much faster than real
-        # time held-back audio may be sent) must be at least `speed` times higher, and the
-        # commit spacing (real Scribe throttles commits closer than about 1 s) `speed`
-        # times shorter, else the transcripts lag behind the call. The emulator does not
-        # throttle; against the real service the commit spacing stays as configured.
+        # time held-back audio may be sent) grows `factor` times, and the minimum spacing
+        # of commits shrinks `factor` times, else the transcripts lag behind the call. Only
+        # with the emulator: the real service throttles commits closer than about 1 s, so
+        # against it the commit spacing stays as configured.
         turns = dataclasses.replace(
             turns,
-            catchup_speed=max(turns.catchup_speed, turns.catchup_speed * speed),
+            catchup_speed=turns.catchup_speed * factor,
             min_commit_interval_ms=(
                 turns.min_commit_interval_ms
                 if scribe_url is None
-                else max(10, round(turns.min_commit_interval_ms / speed))
+                else max(10, round(turns.min_commit_interval_ms / factor))
             ),
         )
     public_url = f"http://127.0.0.1:{port}"
@@ -203,12 +207,10 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         source = Path(args.wav).name if args.wav else "the bundled sample call"
         console.line(
             f"callbridge demo: bridge on {bridge.url}, webhooks to {receiver.url}; "
-            f"playing {source} ({total_s:.1f} s, caller and agent) at {speed:g}x"
+            f"playing {source} ({total_s:.1f} s, caller and agent) at {speed_text(speed)}"
         )
         console.line("")
         call_sid = new_call_sid()
-        import aiohttp
-
         async with aiohttp.ClientSession() as session:
             await play_call(
                 session,
@@ -268,8 +270,8 @@ def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 def run_demo_command(args: argparse.Namespace) -> int:
     console = Console()
-    if args.speed is not None and not args.speed > 0:
-        console.note("callbridge demo: --speed must be more than 0")
+    if args.speed is not None and not args.speed >= 0:
+        console.note("callbridge demo: --speed must be 0 (as fast as possible) or more")
         return 2
     try:
         return asyncio.run(run_demo(args, console))

@@ -387,6 +387,10 @@ async def _report_progress(
         await asyncio.sleep(0.2)
 
 
+def speed_text(speed: float) -> str:
+    return f"{speed:g}x" if speed > 0 else "full speed"
+
+
 def progress_text(sent_s: float, total_s: float, width: int = 30) -> str:
     done = int(width * sent_s / total_s) if total_s else width
     return f"streaming [{'#' * done}{'.' * (width - done)}] {sent_s:5.1f} / {total_s:.1f} s"
@@ -485,7 +489,7 @@ async def simulate(
         total_s = max(len(audio) for audio in tracks.values()) / SAMPLE_RATE
         console.line(
             f"callbridge simulate: call {call_sid}, {total_s:.1f} s of audio "
-            f"({', '.join(str(t) for t in tracks)}) at {speed:g}x into {bridge.url}"
+            f"({', '.join(str(t) for t in tracks)}) at {speed_text(speed)} into {bridge.url}"
         )
         following = asyncio.create_task(follower.follow(console)) if follower else None
         try:
@@ -549,7 +553,12 @@ def add_simulate_command(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="bearer token for /v1 (default: the first of $CALLBRIDGE_API_TOKENS)",
     )
     parser.add_argument(
-        "--speed", type=float, default=1.0, help="1 = real time (default), 4 = four times faster"
+        "--speed",
+        type=float,
+        default=1.0,
+        help="1 = real time (default), 4 = four times faster, 0 = as fast as possible; above "
+        "about 4 the bridge needs a higher CALLBRIDGE_TURNS_CATCHUP_SPEED and a lower "
+        "CALLBRIDGE_TURNS_MIN_COMMIT_INTERVAL_MS, or transcripts lag behind",
     )
     parser.add_argument("--call-sid", default=None, help="the CallSid (default: a fresh CA…)")
     parser.set_defaults(handler=run_simulate_command)
@@ -574,8 +583,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     public_url = args.public_url or os.environ.get("CALLBRIDGE_PUBLIC_URL") or url
     if not public_url.startswith(("http://", "https://")):
         raise SimulateError(f"public URL {public_url!r} must be an http(s) URL")
-    if not args.speed > 0:
-        raise SimulateError("--speed must be more than 0")
+    if not args.speed >= 0:
+        raise SimulateError("--speed must be 0 (as fast as possible) or more")
     api_token = args.api_token
     if api_token is None:
         tokens = [t.strip() for t in os.environ.get("CALLBRIDGE_API_TOKENS", "").split(",")]

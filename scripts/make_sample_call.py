@@ -81,7 +81,19 @@ def synthesise(line: Line, workdir: Path, index: int) -> np.ndarray:
     )
     # telephone band, 8 kHz, 16-bit mono
     subprocess.run(
-        ["sox", "-D", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(phone), *TELEPHONE_BAND],
+        [
+            "sox",
+            "-D",
+            str(raw),
+            "-r",
+            str(RATE),
+            "-c",
+            "1",
+            "-b",
+            "16",
+            str(phone),
+            *TELEPHONE_BAND,
+        ],
         check=True,
     )
     with wave.open(str(phone), "rb") as wav:

@@ -161,7 +161,10 @@ async def test_inbound_only_stream_gives_utterances(bridge: RunningBridge) -> No
     await sim.run(inbound=caller, speed=0)
     await wait_ended(bridge, sim.call_sid)
     segments = [s for s in await bridge.store.get_segments(sim.call_sid) if s.text]
-    assert [tokens(s) for s in segments] == [["tone500", "tone600"], ["tone700", "tone800", "tone900"]]
+    assert [tokens(s) for s in segments] == [
+        ["tone500", "tone600"],
+        ["tone700", "tone800", "tone900"],
+    ]
     assert {s.speaker for s in segments} == {"caller"}
 
 
@@ -204,9 +207,8 @@ async def test_bad_input_closes_that_socket_only(bridge: RunningBridge, kind: st
         assert bad_result.server_closed_early
     # Speech that arrived before the bad message is kept: the bad call still ends cleanly.
     await wait_ended(bridge, bad.call_sid)
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{bridge.base_url}/healthz") as response:
-            assert response.status == 200
+    async with aiohttp.ClientSession() as http, http.get(f"{bridge.base_url}/healthz") as response:
+        assert response.status == 200
 
 
 async def test_media_before_start_and_wrong_format_are_refused(bridge: RunningBridge) -> None:
@@ -253,7 +255,9 @@ async def test_unsigned_media_socket_is_refused_before_upgrade(
 
 
 async def test_pcm_8000_option_converts_the_audio(tmp_path: Path, emulator: ScribeEmulator) -> None:
-    settings = bridge_settings(tmp_path, emulator.url, free_port(), scribe={"audio_format": "pcm_8000"})
+    settings = bridge_settings(
+        tmp_path, emulator.url, free_port(), scribe={"audio_format": "pcm_8000"}
+    )
     async with running_bridge(settings) as bridge:
         caller = track(4000, [(300, [500, 700])], 10)
         sim = bridge.simulator()

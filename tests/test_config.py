@@ -82,7 +82,10 @@ def test_bad_values_name_the_setting(env: dict[str, str], setting: str) -> None:
     [
         ({}, "ELEVENLABS_API_KEY"),
         ({"ELEVENLABS_API_KEY": "k"}, "CALLBRIDGE_PUBLIC_URL"),
-        ({"ELEVENLABS_API_KEY": "k", "CALLBRIDGE_PUBLIC_URL": "https://b.example"}, "TWILIO_AUTH_TOKEN"),
+        (
+            {"ELEVENLABS_API_KEY": "k", "CALLBRIDGE_PUBLIC_URL": "https://b.example"},
+            "TWILIO_AUTH_TOKEN",
+        ),
     ],
 )
 def test_serve_needs_its_keys(env: dict[str, str], missing: str) -> None:

@@ -35,7 +35,10 @@ def base_env(**extra: str) -> dict[str, str]:
     [
         ({}, "ELEVENLABS_API_KEY"),
         ({"ELEVENLABS_API_KEY": "k"}, "CALLBRIDGE_PUBLIC_URL"),
-        ({"ELEVENLABS_API_KEY": "k", "CALLBRIDGE_PUBLIC_URL": "https://b.example"}, "TWILIO_AUTH_TOKEN"),
+        (
+            {"ELEVENLABS_API_KEY": "k", "CALLBRIDGE_PUBLIC_URL": "https://b.example"},
+            "TWILIO_AUTH_TOKEN",
+        ),
         (
             {
                 "ELEVENLABS_API_KEY": "k",
@@ -110,7 +113,7 @@ async def test_sigterm_during_live_calls_delivers_every_utterance_and_exits_0(
     port = free_port()
     public = f"http://127.0.0.1:{port}"
     db = tmp_path / "bridge.db"
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 (starting the server under test is instant)
         [sys.executable, "-m", "callbridge", "serve"],
         env=base_env(
             ELEVENLABS_API_KEY="test-key",
@@ -133,11 +136,17 @@ async def test_sigterm_during_live_calls_delivers_every_utterance_and_exits_0(
         calls = []
         for index in range(3):
             base = 500 + 200 * index
-            audio = track(6000, [(300, [base, base + 50]), (2000, [base + 100, base + 150, base + 200])], index)
+            audio = track(
+                6000,
+                [(300, [base, base + 50]), (2000, [base + 100, base + 150, base + 200])],
+                index,
+            )
             sim = TwilioCallSimulator(
                 f"ws://127.0.0.1:{port}/twilio/media", auth_token=AUTH_TOKEN, public_url=public
             )
-            calls.append((sim, base, asyncio.create_task(sim.run(inbound=audio, speed=1.0, end="none"))))
+            calls.append(
+                (sim, base, asyncio.create_task(sim.run(inbound=audio, speed=1.0, end="none")))
+            )
         # Signal while every call is live: the second utterance is mid-way (≈ 2.6 s in).
         await asyncio.sleep(2.6)
         proc.send_signal(signal.SIGTERM)
@@ -165,7 +174,8 @@ async def test_sigterm_during_live_calls_delivers_every_utterance_and_exits_0(
             texts = [
                 row[0]
                 for row in conn.execute(
-                    "SELECT text FROM segments WHERE call_sid = ? ORDER BY sequence", (sim.call_sid,)
+                    "SELECT text FROM segments WHERE call_sid = ? ORDER BY sequence",
+                    (sim.call_sid,),
                 )
                 if row[0]
             ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,7 +33,9 @@ class RecordingOutput:
         return [seg for kind, seg, _ in self.stream if kind == "commit" and seg is not None]
 
     def audio_of(self, segment: PlannedSegment) -> bytes:
-        return b"".join(data for kind, seg, data in self.stream if kind == "audio" and seg is segment)
+        return b"".join(
+            data for kind, seg, data in self.stream if kind == "audio" and seg is segment
+        )
 
     def windows(self) -> list[list[PlannedSegment | None]]:
         """The segments whose audio falls in each commit window (idle silence as None)."""
@@ -73,12 +76,18 @@ def mulaw_track(duration_ms: int, placements: list[tuple[int, np.ndarray]], seed
 
 
 def test_alternating_turns_give_one_segment_per_turn_in_order() -> None:
-    caller = mulaw_track(9000, [utterance(500, [400, 500, 600, 700]), utterance(5600, [450, 550])], 1)
+    caller = mulaw_track(
+        9000, [utterance(500, [400, 500, 600, 700]), utterance(5600, [450, 550])], 1
+    )
     agent = mulaw_track(9000, [utterance(2600, [800, 900, 1000, 1100, 1200])], 2)
     _, out = run({IN: caller, OUT: agent})
     segments = out.committed()
     assert [s.track for s in segments] == [IN, OUT, IN]
-    truth = [(500, 500 + utterance_ms(4)), (2600, 2600 + utterance_ms(5)), (5600, 5600 + utterance_ms(2))]
+    truth = [
+        (500, 500 + utterance_ms(4)),
+        (2600, 2600 + utterance_ms(5)),
+        (5600, 5600 + utterance_ms(2)),
+    ]
     for segment, (start, end) in zip(segments, truth, strict=True):
         assert abs(segment.speech_start_ms - start) <= 60
         assert abs(segment.speech_end_ms - end) <= 60
@@ -101,7 +110,11 @@ def test_each_segment_carries_exactly_its_own_tracks_audio() -> None:
 
 def test_double_talk_is_held_back_and_sent_as_its_own_segment_after_the_holder() -> None:
     # The caller talks 0.5–4.3 s; the agent talks over them at 1.5–2.4 s.
-    caller = mulaw_track(8000, [utterance(500, [400, 450, 500, 550, 600, 650, 700, 750, 800, 850, 900, 950, 1000])], 5)
+    caller = mulaw_track(
+        8000,
+        [utterance(500, [400, 450, 500, 550, 600, 650, 700, 750, 800, 850, 900, 950, 1000])],
+        5,
+    )
     agent = mulaw_track(8000, [utterance(1500, [1500, 1600, 1700])], 6)
     _, out = run({IN: caller, OUT: agent})
     segments = out.committed()
@@ -129,10 +142,15 @@ def test_takeover_ends_the_holders_turn_before_the_full_turn_end_pause() -> None
     agent = mulaw_track(7000, [utterance(caller_end - 100, [1200, 1300, 1400, 1500, 1600])], 8)
     _, out = run({IN: caller, OUT: agent})
     caller_seg, agent_seg = out.committed()
-    commit_index = [i for i, (k, s, _) in enumerate(out.stream) if k == "commit" and s is caller_seg][0]
+    commit_index = next(
+        i for i, (k, s, _) in enumerate(out.stream) if k == "commit" and s is caller_seg
+    )
     # When the caller's commit goes out, the stream has not yet run turn_end_ms past their speech.
     sent_before = sum(len(d) for k, s, d in out.stream[:commit_index] if s is caller_seg) // 8
-    assert caller_seg.audio_start_ms + sent_before - caller_seg.speech_end_ms < TurnSettings().turn_end_ms
+    assert (
+        caller_seg.audio_start_ms + sent_before - caller_seg.speech_end_ms
+        < TurnSettings().turn_end_ms
+    )
     assert agent_seg.track is OUT
 
 
@@ -147,7 +165,7 @@ def test_a_long_monologue_is_cut_at_pauses_below_the_hard_limit() -> None:
         assert segment.speech_end_ms - segment.speech_start_ms <= settings.max_segment_ms
         assert segment.track is IN
     # Consecutive pieces leave no speech out.
-    for before, after in zip(segments, segments[1:], strict=False):
+    for before, after in itertools.pairwise(segments):
         assert after.audio_start_ms <= before.audio_end_ms + 20
 
 
@@ -181,7 +199,7 @@ def test_silence_keeps_the_stream_warm_and_commits_idle_windows() -> None:
 
 def test_steady_line_noise_is_not_speech() -> None:
     noisy = pcm16_to_ulaw(build_track(20_000, [], noise_dbfs=-38.0, seed=11))
-    seg, out = run({IN: noisy})
+    _seg, out = run({IN: noisy})
     # The floor learns the noise within a few seconds; after that nothing opens.
     late = [s for s in out.committed() if s.speech_start_ms > 4000]
     assert late == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -93,8 +94,6 @@ def test_signatures_verify_with_the_standardwebhooks_package() -> None:
     assert set(headers) == {"webhook-id", "webhook-timestamp", "webhook-signature"}
     webhook = Webhook(SECRET)
     # standardwebhooks checks the timestamp tolerance against now, so sign with now
-    import time
-
     fresh = WebhookSigner(SECRET).headers("evt_1", int(time.time()), body)
     assert webhook.verify(body, fresh) == json.loads(body)
     key = base64.b64decode(SECRET.removeprefix("whsec_"))

@@ -347,23 +347,19 @@ class SqliteStore:
                     "store.segment_duplicate", call_sid=segment.call_sid, sequence=segment.sequence
                 )
                 return  # the same segment again: its event is already enqueued
-            updated = conn.execute(
-                "UPDATE calls SET segments = segments + 1, "
-                "language_code = coalesce(?, language_code) WHERE call_sid = ?",
-                (segment.language_code, segment.call_sid),
-            ).rowcount
-            if not updated:
-                conn.execute(
-                    "INSERT INTO calls (call_sid, status, stream_sid, created_at, segments, "
-                    "language_code) VALUES (?, ?, ?, ?, 1, ?)",
-                    (
-                        segment.call_sid,
-                        CallStatus.LIVE,
-                        segment.stream_sid,
-                        now,
-                        segment.language_code,
-                    ),
-                )
+            conn.execute(
+                "INSERT INTO calls (call_sid, status, stream_sid, created_at, segments, "
+                "language_code) VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (call_sid) DO UPDATE "
+                "SET segments = calls.segments + 1, "
+                "language_code = coalesce(excluded.language_code, calls.language_code)",
+                (
+                    segment.call_sid,
+                    CallStatus.LIVE,
+                    segment.stream_sid,
+                    now,
+                    segment.language_code,
+                ),
+            )
             self._enqueue(conn, events, now)
 
         await self._write(work)

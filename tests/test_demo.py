@@ -1,0 +1,129 @@
+"""``callbridge demo``: the whole product in one command, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from itertools import groupby
+from pathlib import Path
+
+import pytest
+
+from callbridge.config import Settings
+from callbridge.demo import demo_settings
+from callbridge.simulate import sample_call_path
+
+SEGMENT = re.compile(r"^\[(\d\d):(\d\d\.\d)\] (caller|agent): (.*)$")
+EMULATED = re.compile(r"^\[emulated: \d+\.\d s of speech\]$")
+
+
+def demo_env() -> dict[str, str]:
+    """The user's environment without a key or any bridge setting."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("CALLBRIDGE_", "TWILIO_", "ELEVENLABS_"))
+        and key not in {"DATABASE_URL", "PORT", "HOST"}
+    }
+
+
+def run_demo(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "callbridge", "demo", *args],
+        env=demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def collapse(speakers: list[str]) -> list[str]:
+    """Consecutive segments of one speaker are one turn."""
+    return [speaker for speaker, _ in groupby(speakers)]
+
+
+@pytest.mark.slow
+def test_demo_prints_the_sample_call_turn_by_turn_and_a_summary() -> None:
+    result = run_demo("--speed", "16")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "no ELEVENLABS_API_KEY" in lines[0]
+    assert "emulator" in lines[0]
+
+    segments = [match.groups() for line in lines if (match := SEGMENT.match(line))]
+    assert segments, result.stdout
+    assert all(EMULATED.match(text) for *_, text in segments)
+    truth = json.loads(sample_call_path().with_name("sample_call.json").read_text())
+    turns = sorted(truth["turns"], key=lambda turn: turn["start_ms"])
+    # Each line of the script is one turn; the caller's interruption is held back while the
+    # agent is on air and follows right after, possibly cut in two at a pause.
+    assert collapse([speaker for _, _, speaker, _ in segments]) == collapse(
+        [turn["speaker"] for turn in turns]
+    )
+    starts_ms = [round((int(m) * 60 + float(s)) * 1000) for m, s, _, _ in segments]
+    assert starts_ms == sorted(starts_ms)
+    first_of_turn = [
+        start
+        for index, start in enumerate(starts_ms)
+        if index == 0 or segments[index][2] != segments[index - 1][2]
+    ]
+    for start, turn in zip(first_of_turn, turns, strict=True):
+        assert abs(start - turn["start_ms"]) <= 500, (start, turn)
+
+    summary_at = next(i for i, line in enumerate(lines) if line.startswith("Summary: "))
+    assert summary_at > lines.index(next(line for line in lines if SEGMENT.match(line)))
+    summary = "\n".join(lines[summary_at:])
+    assert "caller  talk" in summary and "agent   talk" in summary
+    assert "overlap" in summary and "silence" in summary
+    assert "all signatures valid" in summary
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--wav", "/nonexistent/call.wav"], "no such file"),
+        (["--wav", str(Path(__file__))], "not a WAV file"),
+        (["--speed", "-1"], "--speed"),
+    ],
+)
+def test_demo_bad_input_is_one_line(args: list[str], expected: str) -> None:
+    result = run_demo(*args)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("callbridge demo: ") and expected in lines[0]
+
+
+def test_demo_settings_scale_the_wall_clock_limits_with_the_speed(tmp_path: Path) -> None:
+    base = Settings()
+
+    def settings(speed: float, emulator: bool = True) -> Settings:
+        return demo_settings(
+            base,
+            port=8123,
+            scribe_url="ws://127.0.0.1:1/v1/speech-to-text/realtime" if emulator else None,
+            scribe_key="k" if emulator else None,
+            webhook_url="http://127.0.0.1:2/hooks",
+            webhook_secret="whsec_" + "A" * 32,
+            twilio_token="t",
+            api_token="a",
+            database_path=tmp_path / "d.db",
+            speed=speed,
+            log_level="warning",
+        )
+
+    real_time = settings(1.0)
+    assert real_time.turns == base.turns
+    assert real_time.server.public_url == "http://127.0.0.1:8123"
+    assert real_time.database.url == f"sqlite:///{tmp_path / 'd.db'}"
+    fast = settings(4.0)
+    assert fast.turns.catchup_speed == base.turns.catchup_speed * 4
+    assert fast.turns.min_commit_interval_ms == base.turns.min_commit_interval_ms // 4
+    real_service = settings(4.0, emulator=False)
+    assert real_service.turns.min_commit_interval_ms == base.turns.min_commit_interval_ms
+    assert real_service.scribe == base.scribe
