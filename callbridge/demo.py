@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import base64
 import dataclasses
-import os
 import secrets
 import socket
 import tempfile
@@ -150,7 +149,7 @@ def _listening_socket() -> socket.socket:
 
 async def run_demo(args: argparse.Namespace, console: Console) -> int:
     base = load_settings(args.config)
-    real_key = os.environ.get("ELEVENLABS_API_KEY", "").strip()
+    real_key = base.scribe.api_key.strip()
     speed = args.speed if args.speed is not None else (1.0 if real_key else EMULATOR_SPEED)
     if real_key:
         console.line(
@@ -233,6 +232,12 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         console.line("")
         for line in summary_lines(summary):
             console.line(line)
+        if summary.get("reason") == "error" or summary.get("degraded"):
+            raise SimulateError(
+                "the call was not fully transcribed "
+                f"({summary.get('degraded') or 'ended by ' + str(summary.get('reason'))}); "
+                "check ELEVENLABS_API_KEY and the network, and run with --verbose"
+            )
         signed = "all signatures valid" if not printer.bad_signatures else "SIGNATURE ERRORS"
         console.line("")
         console.line(

@@ -45,7 +45,9 @@ class TranscriberSettings:
     max_send_speed: float = 4.0  # backlog is sent at most this much faster than real time
     final_transcript_timeout_s: float = 3.0
     retain_limit_ms: int = 120_000
-    keepalive_after_s: float = 5.0
+    # Idle sockets have been seen closing "after a few seconds" without audio; Twilio's
+    # own silence frames are not guaranteed, so keep well inside that.
+    keepalive_after_s: float = 1.0
     backoff_initial_s: float = 0.25
     backoff_max_s: float = 8.0
 
@@ -59,6 +61,11 @@ class _Window:
     base: int = 0  # absolute offset of audio[0] within the segment's audio
     audio_stream_ms: int = 0  # stream time of absolute offset 0
     session_ms: float | None = None  # session-audio time of absolute offset 0, this connection
+    # Keepalive silence sent inside this window on this connection: (session ms, ms).
+    inserted: list[tuple[float, float]] = field(default_factory=list)
+    # Retained audio dropped while the live connection still had it (queued or sent):
+    # lost only if that connection fails before answering the window.
+    at_risk_ms: int = 0
     committed: bool = False
     texts: list[str] = field(default_factory=list)
     words: list[Word] = field(default_factory=list)
@@ -114,6 +121,8 @@ class SegmentTranscriber:
         self._task: asyncio.Task[None] | None = None
         self._retained_ms = 0
         self._last_text = ""
+        self._answers = 0  # windows answered on the current connection
+        self._commit_interval_s = settings.min_commit_interval_s
         self.degraded: str | None = None
         self.lost_ms = 0
         self.connections = 0
@@ -161,7 +170,10 @@ class SegmentTranscriber:
     def _enqueue(self, chunk: _Chunk, size: int) -> None:
         self._outbox.append(chunk)
         self._outbox_ms += size // BYTES_PER_MS
-        if self._outbox_ms >= self._settings.chunk_ms:
+        # A full chunk is ready; or the sender may be idle (waiting for the keepalive
+        # timeout) and must see a partial chunk too, or a stream that paused mid-chunk
+        # would stall there, with keepalive silence sent before its tail.
+        if self._outbox_ms >= self._settings.chunk_ms or len(self._outbox) == 1:
             self._wakeup.set()
 
     # -------------------------------------------------------------- lifecycle
@@ -174,7 +186,8 @@ class SegmentTranscriber:
         current, self._current = self._current, None
         if current is not None and not current.committed:
             if current.segment is None:
-                self._windows.remove(current)  # trailing idle silence needs no answer
+                with contextlib.suppress(ValueError):  # trailing idle silence needs no answer
+                    self._windows.remove(current)
             else:
                 self._current = current
                 self.commit(current.segment)
@@ -213,12 +226,24 @@ class SegmentTranscriber:
                     self._fatal(exc)
                     return
                 failures += 1
+                self._log.warning(
+                    "scribe.connect_retrying",
+                    kind=exc.kind,
+                    detail=exc.detail,
+                    http_status=exc.http_status,
+                    attempt=failures,
+                )
                 await self._backoff(failures, exc)
                 continue
+            except Exception as exc:  # a bug, not a Scribe failure: never retry it blindly
+                self._log.exception("scribe.connect_crashed")
+                self._give_up(f"transcriber failed: {type(exc).__name__}: {exc}")
+                return
             self.connections += 1
             if self.connections > 1:
                 self.reconnects += 1
             self._rebuild_outbox()
+            self._answers = 0
             self._connected = True
             try:
                 await self._serve(conn)
@@ -228,13 +253,32 @@ class SegmentTranscriber:
                 if not exc.retryable:
                     self._fatal(exc)
                     return
+                if self._answers:
+                    failures = 0  # the session worked for a while: start the backoff afresh
                 failures += 1
+                if exc.kind == "commit_throttled":
+                    self._commit_interval_s = min(10.0, max(0.5, 2 * self._commit_interval_s))
                 self._log.warning(
-                    "scribe.retrying", kind=exc.kind, detail=exc.detail, close_code=exc.close_code
+                    "scribe.retrying",
+                    kind=exc.kind,
+                    detail=exc.detail,
+                    close_code=exc.close_code,
+                    attempt=failures,
+                    unanswered=self.unanswered,
                 )
                 self._settle_provisional()
                 await self._backoff(failures, exc)
                 continue
+            except asyncio.CancelledError:
+                self._connected = False
+                _close_in_background(conn, 1001, "call aborted")
+                raise
+            except Exception as exc:  # a bug: degrade this call, keep the bridge running
+                self._connected = False
+                self._log.exception("scribe.stream_crashed")
+                _close_in_background(conn, 1011, "client error")
+                self._give_up(f"transcriber failed: {type(exc).__name__}: {exc}")
+                return
             self._connected = False
             await conn.close(1000, "call ended")
             return
@@ -272,8 +316,11 @@ class SegmentTranscriber:
         untranscribed = [w for w in self._windows if w.segment is not None]
         for window in untranscribed:
             assert window.segment is not None
+            self._count_lost(window.at_risk_ms)
+            window.at_risk_ms = 0
             self._deliver(window, "", None)
         self._windows.clear()
+        self._current = None
         self._outbox.clear()
         self._answered.set()
 
@@ -282,39 +329,46 @@ class SegmentTranscriber:
         s = self._settings
         chunk_bytes = s.chunk_ms * BYTES_PER_MS
         pcm = self._options.audio_format == "pcm_8000"
-        first = True
         last_commit = -1e9
         last_send = time.monotonic()
         budget_ms = 1000.0  # pacing allowance, refilled at max_send_speed × real time
         budget_at = time.monotonic()
         session_ms = 0.0
+        open_window: _Window | None = None  # the segment window whose audio is on air
         outbox = self._outbox
+        if self._last_text:
+            # Replay context: allowed on a connection's first chunk only, so it goes first,
+            # with no audio, whatever comes next (replayed audio, a commit, keepalive).
+            await conn.send_audio(b"", previous_text=self._last_text[-50:])
         while True:
             if not outbox:
                 if self._closing and not self._windows:
                     return
-                if self._closing:
-                    await self._answered.wait()
-                    self._answered.clear()
-                    continue
-                self._wakeup.clear()
+                # Nothing to send: wait for more (or, when closing, for the answers), and
+                # keep the session warm meanwhile.
+                event = self._answered if self._closing else self._wakeup
+                event.clear()
                 try:
                     async with asyncio.timeout(s.keepalive_after_s):
-                        await self._wakeup.wait()
+                        await event.wait()
                 except TimeoutError:
-                    if time.monotonic() - last_send >= s.keepalive_after_s:
+                    if not outbox and time.monotonic() - last_send >= s.keepalive_after_s:
                         await conn.send_audio(silence(s.chunk_ms))
+                        if open_window is not None and open_window.session_ms is not None:
+                            open_window.inserted.append((session_ms, float(s.chunk_ms)))
                         session_ms += s.chunk_ms
                         last_send = time.monotonic()
                 continue
             head = outbox[0]
             if isinstance(head, _Commit):
                 outbox.popleft()
-                wait = s.min_commit_interval_s - (time.monotonic() - last_commit)
+                wait = self._commit_interval_s - (time.monotonic() - last_commit)
                 if wait > 0:
                     await asyncio.sleep(wait)
                 self._awaiting.append(head.window)
                 await conn.commit()
+                if head.window is open_window:
+                    open_window = None
                 last_commit = last_send = time.monotonic()
                 continue
             if not self._closing and not _chunk_ready(outbox, chunk_bytes):
@@ -331,10 +385,12 @@ class SegmentTranscriber:
                 chunk = outbox.popleft()
                 assert isinstance(chunk, _Chunk)
                 window = chunk.window
-                if chunk.offset >= 0 and window.session_ms is None:
-                    window.session_ms = (
-                        session_ms * BYTES_PER_MS + size - chunk.offset
-                    ) / BYTES_PER_MS
+                if chunk.offset >= 0:
+                    open_window = window
+                    if window.session_ms is None:
+                        window.session_ms = (
+                            session_ms * BYTES_PER_MS + size - chunk.offset
+                        ) / BYTES_PER_MS
                 parts.append(chunk.data)
                 size += len(chunk.data)
             self._outbox_ms = max(0, self._outbox_ms - size // BYTES_PER_MS)
@@ -350,12 +406,7 @@ class SegmentTranscriber:
                 budget_ms = ms
                 budget_at = time.monotonic()
             budget_ms -= ms
-            payload = ulaw_to_pcm16(data) if pcm else data
-            if first:
-                await conn.send_audio(payload, previous_text=self._last_text[-50:] or None)
-                first = False
-            else:
-                await conn.send_audio(payload)
+            await conn.send_audio(ulaw_to_pcm16(data) if pcm else data)
             session_ms += ms
             last_send = time.monotonic()
 
@@ -368,6 +419,10 @@ class SegmentTranscriber:
         frame = 20 * BYTES_PER_MS
         for window in self._windows:
             window.session_ms = None
+            window.inserted.clear()
+            if window.at_risk_ms:  # the failed connection never answered it: now it is lost
+                self._count_lost(window.at_risk_ms)
+                window.at_risk_ms = 0
             if window.segment is None:
                 continue  # idle silence: nothing to replay
             kept.append(window)
@@ -385,7 +440,12 @@ class SegmentTranscriber:
         self._wakeup.set()
 
     def _drop_oldest_audio(self) -> None:
-        """Retention is bounded: past it the oldest unanswered audio goes, and is counted."""
+        """Retention is bounded: past it the oldest unanswered audio goes, and is counted.
+
+        While connected, every retained byte is also queued or sent on the live connection:
+        dropping it only means it can't be replayed, so it is lost only if that connection
+        fails before answering (see :meth:`_rebuild_outbox`). Otherwise it is lost now.
+        """
         limit = self._settings.retain_limit_ms
         for window in self._windows:
             while window.audio and self._retained_ms > limit:
@@ -393,9 +453,17 @@ class SegmentTranscriber:
                 del window.audio[:drop]
                 window.base += drop
                 self._retained_ms -= drop // BYTES_PER_MS
-                self.lost_ms += drop // BYTES_PER_MS
+                if self._connected:
+                    window.at_risk_ms += drop // BYTES_PER_MS
+                else:
+                    self._count_lost(drop // BYTES_PER_MS)
             if self._retained_ms <= limit:
                 break
+
+    def _count_lost(self, ms: int) -> None:
+        if ms <= 0:
+            return
+        self.lost_ms += ms
         if self.degraded is None:
             self.degraded = "audio dropped: Scribe did not answer for longer than the buffer holds"
 
@@ -446,8 +514,11 @@ class SegmentTranscriber:
             self._retained_ms -= len(target.audio) // BYTES_PER_MS
             target.base += len(target.audio)
             target.audio.clear()
+            target.at_risk_ms = 0
+            self._answers += 1
             return
         self._collect(window, message)
+        self._answers += 1
         if self._windows and self._windows[0] is window:
             self._windows.popleft()
         else:
@@ -466,7 +537,7 @@ class SegmentTranscriber:
         if window.segment is None or window.session_ms is None:
             return
         window.words.extend(
-            _map_word(w, window.audio_stream_ms, window.session_ms, window.segment)
+            _map_word(w, window.audio_stream_ms, window.session_ms, window.inserted, window.segment)
             for w in message.words
             if w.type == "word"
         )
@@ -478,6 +549,21 @@ class SegmentTranscriber:
         self._on_segment(
             window.segment, text, tuple(window.words), language_code or self.language_code
         )
+
+
+_CLOSERS: set[asyncio.Task[None]] = set()
+
+
+def _close_in_background(conn: ScribeConnection, code: int, reason: str) -> None:
+    """Close a connection without waiting for it (the caller is being cancelled)."""
+
+    async def close() -> None:
+        with contextlib.suppress(Exception):
+            await conn.close(code, reason)
+
+    task = asyncio.get_running_loop().create_task(close())
+    _CLOSERS.add(task)
+    task.add_done_callback(_CLOSERS.discard)
 
 
 def _chunk_ready(outbox: deque[_Chunk | _Commit], chunk_bytes: int) -> bool:
@@ -493,11 +579,17 @@ def _chunk_ready(outbox: deque[_Chunk | _Commit], chunk_bytes: int) -> bool:
 
 
 def _map_word(
-    word: ScribeWord, audio_stream_ms: int, session_ms: float, segment: PlannedSegment
+    word: ScribeWord,
+    audio_stream_ms: int,
+    session_ms: float,
+    inserted: list[tuple[float, float]],
+    segment: PlannedSegment,
 ) -> Word:
     def to_stream(seconds: float) -> int:
-        ms = audio_stream_ms + (seconds * 1000.0 - session_ms)
-        return round(min(max(ms, segment.audio_start_ms), segment.audio_end_ms))
+        at = seconds * 1000.0
+        keepalive = sum(length for start, length in inserted if start < at)  # not stream audio
+        stream_ms = audio_stream_ms + (at - session_ms - keepalive)
+        return round(min(max(stream_ms, segment.audio_start_ms), segment.audio_end_ms))
 
     return Word(
         text=word.text,

@@ -127,3 +127,21 @@ def test_demo_settings_scale_the_wall_clock_limits_with_the_speed(tmp_path: Path
     real_service = settings(4.0, emulator=False)
     assert real_service.turns.min_commit_interval_ms == base.turns.min_commit_interval_ms
     assert real_service.scribe == base.scribe
+
+
+def test_demo_with_an_unreachable_scribe_fails_clearly() -> None:
+    env = demo_env() | {
+        "ELEVENLABS_API_KEY": "not-a-key",
+        "CALLBRIDGE_SCRIBE_URL": "ws://127.0.0.1:9/v1/speech-to-text/realtime",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "callbridge", "demo", "--speed", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stdout.splitlines()[0].startswith("callbridge demo: ELEVENLABS_API_KEY is set")
+    assert "callbridge demo: the call was not fully transcribed" in result.stderr

@@ -1,0 +1,74 @@
+"""Smoke test of the load benchmark: it runs end to end and reports every figure (no timing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = (
+    "CPU ms/call-s",
+    "calls/core",
+    "fwd p50",
+    "fwd p99",
+    "lag p99",
+    "lost/speech",
+    "hook p99",
+    "peak RSS MB",
+    "RSS/call KB",
+    "ratio",
+    "Targets (bridge):",
+)
+SYSTEM_KEYS = {
+    "calls",
+    "window_s",
+    "cpu_s_per_call_s",
+    "calls_per_core",
+    "cpu_percent",
+    "fwd_latency_ms",
+    "chunk_lag_ms",
+    "frames",
+    "commit_to_webhook_ms",
+    "rss",
+    "server_exit_code",
+}
+
+
+@pytest.mark.timeout(240)
+def test_load_benchmark_prints_every_figure_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "load.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBRIDGE_", "TWILIO_"))}
+    command = [sys.executable, str(ROOT / "benchmarks" / "load.py")]
+    result = subprocess.run(
+        [*command, "--calls", "2", "--duration", "3", "--json", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for figure in FIGURES:
+        assert figure in result.stdout, figure
+    report = json.loads(out.read_text())
+    assert set(report) == {"meta", "results", "targets"}
+    assert "method" in report["meta"] and report["meta"]["cores"]
+    [entry] = report["results"]
+    assert entry["calls"] == 2 and "cpu_ratio_vs_relay" in entry
+    for system in ("bridge", "relay"):
+        assert set(entry[system]) >= SYSTEM_KEYS, system
+        assert entry[system]["server_exit_code"] == 0
+        frames = entry[system]["frames"]
+        assert frames["sent"] == 2 * 2 * 150 and frames["speech_sent"] > 0
+        assert {"peak_kb", "idle_kb", "per_call_kb", "hwm_kb"} <= set(entry[system]["rss"])
+        assert {"p50", "p99"} <= set(entry[system]["fwd_latency_ms"])
+    hooks = entry["bridge"]["commit_to_webhook_ms"]
+    assert {"p50", "p99", "commits", "unmatched"} <= set(hooks)
+    assert entry["relay"]["commit_to_webhook_ms"] is None
