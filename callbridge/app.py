@@ -39,7 +39,11 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
     app[SETTINGS] = settings
     store = open_store(settings.database.url, webhook_targets=settings.webhook.urls)
     app[STORE] = store
-    dispatcher = WebhookDispatcher(store, settings.webhook)
+    # A claim outlives its request by a few seconds, so a killed process's in-flight
+    # deliveries are retried soon after a restart (under the same webhook-id).
+    dispatcher = WebhookDispatcher(
+        store, settings.webhook, lease_s=settings.webhook.timeout_s + 5.0
+    )
     app[DISPATCHER] = dispatcher
     sinks: list[CallEventSink] = [LoggingSink(), StoreSink(store, summarize, dispatcher.notify)]
     if extra_sink is not None:

@@ -188,3 +188,91 @@ async def test_sigterm_during_live_calls_delivers_every_utterance_and_exits_0(
                 "SELECT status, end_reason FROM calls WHERE call_sid = ?", (sim.call_sid,)
             ).fetchone()
             assert status == ("ended", "shutdown")
+
+
+async def test_sigkill_with_events_pending_then_restart_delivers_every_event(
+    tmp_path: Path, emulator: ScribeEmulator
+) -> None:
+    """The server is killed while its webhook receiver is down; after a restart and the
+    receiver coming back, every event arrives, each always under the same webhook-id."""
+    from callbridge.testing.webhook_receiver import WebhookReceiver
+
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    hook_port = free_port()
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    db = tmp_path / "bridge.db"
+    env = base_env(
+        ELEVENLABS_API_KEY="test-key",
+        CALLBRIDGE_SCRIBE_URL=emulator.url,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        CALLBRIDGE_PUBLIC_URL=public,
+        DATABASE_URL=f"sqlite:///{db}",
+        PORT=str(port),
+        HOST="127.0.0.1",
+        CALLBRIDGE_WEBHOOK_URLS=f"http://127.0.0.1:{hook_port}/hooks",
+        CALLBRIDGE_WEBHOOK_SECRET=secret,
+        CALLBRIDGE_WEBHOOK_TIMEOUT_S="1",
+        CALLBRIDGE_WEBHOOK_BACKOFF_INITIAL_S="0.05",
+        CALLBRIDGE_WEBHOOK_BACKOFF_MAX_S="0.3",
+        CALLBRIDGE_TURNS_MIN_COMMIT_INTERVAL_MS="20",
+        CALLBRIDGE_TURNS_CATCHUP_SPEED="1000",
+        CALLBRIDGE_LOGGING_LEVEL="warning",
+    )
+
+    def start_server() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(  # noqa: ASYNC220 (starting the server under test is instant)
+            [sys.executable, "-m", "callbridge", "serve"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    proc = start_server()
+    try:
+        await wait_healthy(public, proc)
+        sids = []
+        for index in range(2):
+            audio = track(5000, [(300, [500 + 100 * index, 550]), (2500, [700, 750, 800])], index)
+            sim = TwilioCallSimulator(
+                f"ws://127.0.0.1:{port}/twilio/media", auth_token=AUTH_TOKEN, public_url=public
+            )
+            await sim.run(inbound=audio, speed=0)
+            sids.append(sim.call_sid)
+        # Wait until both calls ended (their call.ended events are in the outbox), then kill.
+        for _ in range(200):
+            with sqlite3.connect(db) as conn:
+                ended = conn.execute("SELECT COUNT(*) FROM calls WHERE status = 'ended'").fetchone()
+            if ended[0] == 2:
+                break
+            await asyncio.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        with sqlite3.connect(db) as conn:
+            stored = {row[0] for row in conn.execute("SELECT event_id FROM events")}
+        assert len(stored) == 2 * 4  # started, two segments, ended per call
+
+        async with WebhookReceiver(secret=secret, port=hook_port) as receiver:
+            proc = start_server()
+            await wait_healthy(public, proc)
+            received = await receiver.wait_for(len(stored), timeout=25)
+            delivered = receiver.delivered()
+            assert {r.webhook_id for r in delivered} == stored
+            assert all(r.signature_valid for r in receiver.requests)
+            # Duplicates only ever with the same id: one body per id.
+            bodies: dict[str | None, bytes] = {}
+            for request in receiver.requests:
+                assert bodies.setdefault(request.webhook_id, request.body) == request.body
+            for sid in sids:
+                sequence = [
+                    r.data.get("sequence")
+                    for r in delivered
+                    if r.event_type == "transcript.committed" and r.data.get("call_sid") == sid
+                ]
+                assert sequence == [1, 2]
+            assert received
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait, 30)
