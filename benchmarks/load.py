@@ -808,6 +808,12 @@ def _analyse(phase: Phase, dump: Path, result: dict[str, Any]) -> None:
         "untagged_fill": meta["untagged_frames"],
         "scribe_chunks": meta["chunks"],
     }
+    cpu = result["cpu_percent"]
+    result["saturated"] = bool(
+        cpu["server"] >= 90
+        or cpu["machine"] >= 95 * (os.cpu_count() or 1)
+        or (result["generator_lag_ms"]["p99"] or 0) > 20
+    )
     result["scribe_sessions"] = len(meta["sessions"])
     result["failed_calls"] = len(phase.failures)
     result["failures"] = phase.failures[:5]
@@ -847,7 +853,7 @@ def _analyse(phase: Phase, dump: Path, result: dict[str, Any]) -> None:
 # --- output -----------------------------------------------------------------------------------
 
 COLUMNS = (
-    ("calls", 5), ("system", 6), ("CPU ms/call-s", 13), ("calls/core", 10), ("fwd p50", 8),
+    ("calls", 5), ("system", 7), ("CPU ms/call-s", 13), ("calls/core", 10), ("fwd p50", 8),
     ("fwd p99", 8), ("held%", 5), ("lag p50", 8), ("lag p99", 8), ("lost/speech", 13),
     ("hook p50", 8), ("hook p99", 8), ("peak RSS MB", 11), ("RSS/call KB", 11), ("srv%", 5),
     ("gen%", 5), ("fix%", 5), ("busy%", 6),
@@ -864,7 +870,8 @@ lost/speech    speech frames never received / speech frames sent (whole run)
 hook p50/p99   ms from the emulator writing a committed transcript to the transcript.committed POST
 peak RSS MB    server VmRSS peak during the calls; RSS/call KB = (peak - idle) / calls
 srv/gen/fix%   CPU of the server / load generator / fixtures (emulator + receiver) processes,
-               busy% the whole machine (100% = one core), all over the steady window"""
+               busy% the whole machine (100% = one core), all over the steady window
+!              saturated: server ≥ 90% of a core, machine ≥ 95% busy or generator late > 20 ms"""
 
 
 def _ms(value: float | None) -> str:
@@ -876,7 +883,8 @@ def row(result: dict[str, Any], system: str) -> list[str]:
     hook = result.get("commit_to_webhook_ms") or {}
     frames, cpu, rss = result["frames"], result["cpu_percent"], result["rss"]
     return [
-        str(result["calls"]), system, f"{result['cpu_s_per_call_s'] * 1000:.2f}",
+        str(result["calls"]), system + ("!" if result.get("saturated") else ""),
+        f"{result['cpu_s_per_call_s'] * 1000:.2f}",
         f"{result['calls_per_core'] or 0:.0f}", _ms(fwd["p50"]), _ms(fwd["p99"]),
         f"{100 * (result['held_over_500ms_fraction'] or 0):.1f}", _ms(lag["p50"]),
         _ms(lag["p99"]), f"{frames['speech_lost']}/{frames['speech_sent']}", _ms(hook.get("p50")),
@@ -897,7 +905,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
                 )
         if entry.get("cpu_ratio_vs_relay") is not None:
             ratio = entry["cpu_ratio_vs_relay"]
-            lines.append(f"{'':>5}  {'ratio':>6}  {ratio:>13.2f}  (bridge ÷ relay CPU per call-s)")
+            lines.append(f"{'':>5}  {'ratio':>7}  {ratio:>13.2f}  (bridge ÷ relay CPU per call-s)")
     return "\n".join(lines)
 
 

@@ -207,6 +207,8 @@ class CallSession:
             self._emit(None)
             if self._writer is not None:
                 await self._writer
+            if degraded or lost_ms:
+                self.log.warning("call.degraded", degraded=degraded, audio_lost_ms=lost_ms)
             self.log.info(
                 "call.finished",
                 reason=str(ended.reason),
