@@ -133,9 +133,6 @@ def word_times_ok(words: Sequence[Word], start_ms: int, count: int) -> bool:
     return True
 
 
-FIGURES: dict[str, str] = {}
-
-
 def record_figures(name: str, delivery: Delivery, emulator: ScribeEmulator, **extra: Any) -> None:
     text = (
         f"delivered {delivery.ratio}, connection attempts {emulator.connection_attempts}, "
@@ -143,7 +140,6 @@ def record_figures(name: str, delivery: Delivery, emulator: ScribeEmulator, **ex
     )
     for key, value in extra.items():
         text += f", {key} {value}"
-    FIGURES[name] = text
     print(f"[faults] {name}: {text}")
 
 
@@ -210,6 +206,10 @@ async def test_two_abrupt_closes_mid_utterance_lose_and_duplicate_nothing(
     assert delivery.problems == [] and delivery.delivered == delivery.spoken
     assert len(emulator.sessions) == 3
     assert record is not None and record.degraded is None and record.end_reason == "stop"
+    # Session 1 answered the first turn only and died inside the second, which session 2
+    # replayed, primed with the first turn's text.
+    assert emulator.sessions[0].committed == ["tone400 tone450 tone500"]
+    assert emulator.sessions[1].chunks[0].previous_text == "tone400 tone450 tone500"
     # The replay is primed with the last delivered text, on the first chunk only.
     for session in emulator.sessions[1:]:
         first, *rest = session.chunks
@@ -584,9 +584,10 @@ async def test_backoff_restarts_after_a_connection_that_made_progress(sleeps: li
     assert len(sleeps) >= 5 and max(sleeps) <= 0.25
 
 
-async def test_keepalive_first_on_a_new_connection_still_allows_previous_text() -> None:
-    """After a reconnect with nothing to replay the first message can be keepalive silence;
-    the replay context then has to ride on it (or be left out), never on a later chunk."""
+async def test_previous_text_leads_a_new_connection_even_when_keepalive_comes_first() -> None:
+    """After a reconnect with nothing to replay, the first audio can be keepalive silence.
+    ``previous_text`` is only allowed on a connection's first chunk, so it must not ride on
+    the next real chunk (that used to kill the call's stream with a ValueError)."""
     connections: list[FakeConnection] = []
 
     async def connect(_: ScribeOptions) -> Any:
@@ -610,7 +611,10 @@ async def test_keepalive_first_on_a_new_connection_still_allows_previous_text() 
     transcriber.audio(b"\xff" * FRAME_BYTES, None)
     transcriber.commit(None)  # an idle commit the first connection never answers
     await asyncio.sleep(0.4)  # the second connection idles: keepalive silence goes first
-    assert len(connections) == 2 and connections[1].sent
+    assert len(connections) == 2
+    prime, keepalive = connections[1].sent[:2]
+    assert prime == ("audio", b"", f"bytes{5 * FRAME_BYTES}")  # context first, no audio
+    assert keepalive[0] == "audio" and keepalive[2] is None and keepalive[1]
     transcriber.audio(b"\x22" * FRAME_BYTES * 5, second)
     transcriber.commit(second)
     await transcriber.drain(3.0)

@@ -221,7 +221,7 @@ async def test_sigkill_with_events_pending_then_restart_delivers_every_event(
     )
 
     def start_server() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(  # noqa: ASYNC220 (starting the server under test is instant)
+        return subprocess.Popen(
             [sys.executable, "-m", "callbridge", "serve"],
             env=env,
             cwd=tmp_path,
