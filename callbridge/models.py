@@ -104,6 +104,21 @@ class CommittedSegment:
     words: tuple[Word, ...] = ()
     committed_at: datetime = field(default_factory=utc_now)
 
+    def to_json(self) -> dict[str, Any]:
+        """The segment as ``transcript.committed`` carries it (and the API returns it)."""
+        return {
+            "call_sid": self.call_sid,
+            "stream_sid": self.stream_sid,
+            "sequence": self.sequence,
+            "speaker": self.speaker,
+            "track": str(self.track),
+            "text": self.text,
+            "start_ms": self.start_ms,
+            "end_ms": self.end_ms,
+            "language_code": self.language_code,
+            "words": [word.to_json() for word in self.words],
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Interval:

@@ -57,19 +57,7 @@ def call_to_json(call: CallRecord) -> dict[str, Any]:
 
 def segment_to_json(segment: CommittedSegment) -> dict[str, Any]:
     """Every segment field (as in ``transcript.committed``) plus ``committed_at``."""
-    return {
-        "call_sid": segment.call_sid,
-        "stream_sid": segment.stream_sid,
-        "sequence": segment.sequence,
-        "speaker": segment.speaker,
-        "track": str(segment.track),
-        "text": segment.text,
-        "start_ms": segment.start_ms,
-        "end_ms": segment.end_ms,
-        "language_code": segment.language_code,
-        "words": [word.to_json() for word in segment.words],
-        "committed_at": rfc3339(segment.committed_at),
-    }
+    return {**segment.to_json(), "committed_at": rfc3339(segment.committed_at)}
 
 
 def transcript_to_json(call: CallRecord, segments: Sequence[CommittedSegment]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import structlog
 
-from callbridge.models import CallEnded, CallInfo, CommittedSegment, Track, Word, utc_now
+from callbridge.models import CallEnded, CallInfo, CommittedSegment, utc_now
 from callbridge.store.base import (
     CallRecord,
     CallStatus,
@@ -34,18 +34,20 @@ from callbridge.store.base import (
     from_micros,
     to_micros,
 )
+from callbridge.store.rows import CALL_COLUMNS, SEGMENT_COLUMNS, call_record, committed_segment
 from callbridge.store.sqlite import load_migrations
 
 log = structlog.get_logger(__name__)
 
+
+def _as_is(value: Any) -> Any:
+    """asyncpg already decodes jsonb (via the codec below) and timestamptz."""
+    return value
+
+
 _MIGRATION_LOCK = (0x43425F4D, 1)  # ("CB_M", 1): schema migrations
 _CALL_LOCK_SPACE = 0x43425F43  # ("CB_C", hashtext(call_sid)): a call's delivery queues
 
-_CALL_COLUMNS = (
-    "call_sid, status, stream_sid, account_sid, from_number, to_number, tracks, "
-    "custom_parameters, created_at, started_at, ended_at, duration_ms, end_reason, "
-    "twilio_status, twilio_duration_s, segments, language_code, degraded, summary"
-)
 
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
@@ -57,30 +59,6 @@ def redact_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _call_record(row: asyncpg.Record) -> CallRecord:
-    return CallRecord(
-        call_sid=row["call_sid"],
-        status=CallStatus(row["status"]),
-        stream_sid=row["stream_sid"],
-        account_sid=row["account_sid"],
-        from_number=row["from_number"],
-        to_number=row["to_number"],
-        tracks=tuple(row["tracks"]),
-        custom_parameters=row["custom_parameters"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        duration_ms=row["duration_ms"],
-        end_reason=row["end_reason"],
-        twilio_status=row["twilio_status"],
-        twilio_duration_s=row["twilio_duration_s"],
-        segments=row["segments"],
-        language_code=row["language_code"],
-        degraded=row["degraded"],
-        summary=row["summary"],
-    )
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -369,9 +347,9 @@ class PostgresStore:
     async def get_call(self, call_sid: str) -> CallRecord | None:
         async with self._connection() as conn:
             row = await conn.fetchrow(
-                f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_sid = $1", call_sid
+                f"SELECT {CALL_COLUMNS} FROM calls WHERE call_sid = $1", call_sid
             )
-        return None if row is None else _call_record(row)
+        return None if row is None else call_record(row, _as_is, _as_is)
 
     async def list_calls(
         self, limit: int, cursor: str | None
@@ -382,19 +360,19 @@ class PostgresStore:
         async with self._connection() as conn:
             if after is None:
                 rows = await conn.fetch(
-                    f"SELECT {_CALL_COLUMNS} FROM calls "
+                    f"SELECT {CALL_COLUMNS} FROM calls "
                     "ORDER BY created_at DESC, call_sid DESC LIMIT $1",
                     limit + 1,
                 )
             else:
                 rows = await conn.fetch(
-                    f"SELECT {_CALL_COLUMNS} FROM calls WHERE (created_at, call_sid) < ($1, $2) "
+                    f"SELECT {CALL_COLUMNS} FROM calls WHERE (created_at, call_sid) < ($1, $2) "
                     "ORDER BY created_at DESC, call_sid DESC LIMIT $3",
                     from_micros(after[0]),
                     after[1],
                     limit + 1,
                 )
-        page = [_call_record(row) for row in rows[:limit]]
+        page = [call_record(row, _as_is, _as_is) for row in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
@@ -404,27 +382,10 @@ class PostgresStore:
     async def get_segments(self, call_sid: str) -> list[CommittedSegment]:
         async with self._connection() as conn:
             rows = await conn.fetch(
-                "SELECT call_sid, sequence, stream_sid, speaker, track, text, words, start_ms, "
-                "end_ms, language, committed_at FROM segments WHERE call_sid = $1 "
-                "ORDER BY sequence",
+                f"SELECT {SEGMENT_COLUMNS} FROM segments WHERE call_sid = $1 ORDER BY sequence",
                 call_sid,
             )
-        return [
-            CommittedSegment(
-                call_sid=row["call_sid"],
-                stream_sid=row["stream_sid"],
-                sequence=row["sequence"],
-                speaker=row["speaker"],
-                track=Track(row["track"]),
-                text=row["text"],
-                start_ms=row["start_ms"],
-                end_ms=row["end_ms"],
-                language_code=row["language"],
-                words=tuple(Word.from_json(word) for word in row["words"]),
-                committed_at=row["committed_at"],
-            )
-            for row in rows
-        ]
+        return [committed_segment(row, _as_is, _as_is) for row in rows]
 
     async def delete_call(self, call_sid: str) -> bool:
         """Erase the call, its segments and all its events and deliveries (their bodies

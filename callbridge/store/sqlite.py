@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from callbridge.models import CallEnded, CallInfo, CommittedSegment, Track, Word, utc_now
+from callbridge.models import CallEnded, CallInfo, CommittedSegment, utc_now
 from callbridge.store.base import (
     CallRecord,
     CallStatus,
@@ -35,16 +35,11 @@ from callbridge.store.base import (
     from_micros,
     to_micros,
 )
+from callbridge.store.rows import CALL_COLUMNS, SEGMENT_COLUMNS, call_record, committed_segment
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-
-_CALL_COLUMNS = (
-    "call_sid, status, stream_sid, account_sid, from_number, to_number, tracks, "
-    "custom_parameters, created_at, started_at, ended_at, duration_ms, end_reason, "
-    "twilio_status, twilio_duration_s, segments, language_code, degraded, summary"
-)
 
 
 def load_migrations(dialect: str) -> list[tuple[int, str]]:
@@ -71,35 +66,6 @@ def _statements(script: str) -> Iterator[str]:
 
 def _opt_micros(moment: datetime | None) -> int | None:
     return None if moment is None else to_micros(moment)
-
-
-def _opt_datetime(micros: int | None) -> datetime | None:
-    return None if micros is None else from_micros(micros)
-
-
-def _call_record(row: sqlite3.Row) -> CallRecord:
-    summary = row["summary"]
-    return CallRecord(
-        call_sid=row["call_sid"],
-        status=CallStatus(row["status"]),
-        stream_sid=row["stream_sid"],
-        account_sid=row["account_sid"],
-        from_number=row["from_number"],
-        to_number=row["to_number"],
-        tracks=tuple(json.loads(row["tracks"])),
-        custom_parameters=json.loads(row["custom_parameters"]),
-        created_at=from_micros(row["created_at"]),
-        started_at=_opt_datetime(row["started_at"]),
-        ended_at=_opt_datetime(row["ended_at"]),
-        duration_ms=row["duration_ms"],
-        end_reason=row["end_reason"],
-        twilio_status=row["twilio_status"],
-        twilio_duration_s=row["twilio_duration_s"],
-        segments=row["segments"],
-        language_code=row["language_code"],
-        degraded=row["degraded"],
-        summary=None if summary is None else json.loads(summary),
-    )
 
 
 class SqliteStore:
@@ -420,9 +386,9 @@ class SqliteStore:
     async def get_call(self, call_sid: str) -> CallRecord | None:
         def work(conn: sqlite3.Connection) -> CallRecord | None:
             row = conn.execute(
-                f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_sid = ?", (call_sid,)
+                f"SELECT {CALL_COLUMNS} FROM calls WHERE call_sid = ?", (call_sid,)
             ).fetchone()
-            return None if row is None else _call_record(row)
+            return None if row is None else call_record(row, json.loads, from_micros)
 
         return await self._run(work)
 
@@ -436,18 +402,18 @@ class SqliteStore:
         def work(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             if after is None:
                 return conn.execute(
-                    f"SELECT {_CALL_COLUMNS} FROM calls "
+                    f"SELECT {CALL_COLUMNS} FROM calls "
                     "ORDER BY created_at DESC, call_sid DESC LIMIT ?",
                     (limit + 1,),
                 ).fetchall()
             return conn.execute(
-                f"SELECT {_CALL_COLUMNS} FROM calls WHERE (created_at, call_sid) < (?, ?) "
+                f"SELECT {CALL_COLUMNS} FROM calls WHERE (created_at, call_sid) < (?, ?) "
                 "ORDER BY created_at DESC, call_sid DESC LIMIT ?",
                 (after[0], after[1], limit + 1),
             ).fetchall()
 
         rows = await self._run(work)
-        page = [_call_record(row) for row in rows[:limit]]
+        page = [call_record(row, json.loads, from_micros) for row in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
@@ -457,28 +423,11 @@ class SqliteStore:
     async def get_segments(self, call_sid: str) -> list[CommittedSegment]:
         def work(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             return conn.execute(
-                "SELECT call_sid, sequence, stream_sid, speaker, track, text, words, start_ms, "
-                "end_ms, language, committed_at FROM segments WHERE call_sid = ? "
-                "ORDER BY sequence",
+                f"SELECT {SEGMENT_COLUMNS} FROM segments WHERE call_sid = ? ORDER BY sequence",
                 (call_sid,),
             ).fetchall()
 
-        return [
-            CommittedSegment(
-                call_sid=row["call_sid"],
-                stream_sid=row["stream_sid"],
-                sequence=row["sequence"],
-                speaker=row["speaker"],
-                track=Track(row["track"]),
-                text=row["text"],
-                start_ms=row["start_ms"],
-                end_ms=row["end_ms"],
-                language_code=row["language"],
-                words=tuple(Word.from_json(word) for word in json.loads(row["words"])),
-                committed_at=from_micros(row["committed_at"]),
-            )
-            for row in await self._run(work)
-        ]
+        return [committed_segment(row, json.loads, from_micros) for row in await self._run(work)]
 
     async def delete_call(self, call_sid: str) -> bool:
         """Erase the call, its segments and all its events and deliveries (their bodies

@@ -57,18 +57,7 @@ def call_started_event(call: CallInfo, now: datetime | None = None) -> OutboxEve
 def transcript_committed_event(
     segment: CommittedSegment, now: datetime | None = None
 ) -> OutboxEvent:
-    data = {
-        "call_sid": segment.call_sid,
-        "stream_sid": segment.stream_sid,
-        "sequence": segment.sequence,
-        "speaker": segment.speaker,
-        "track": str(segment.track),
-        "text": segment.text,
-        "start_ms": segment.start_ms,
-        "end_ms": segment.end_ms,
-        "language_code": segment.language_code,
-        "words": [word.to_json() for word in segment.words],
-    }
+    data = segment.to_json()
     return _event(segment.call_sid, TRANSCRIPT_COMMITTED, data, now or utc_now())
 
 

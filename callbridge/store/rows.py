@@ -1,0 +1,79 @@
+"""Row → record mapping shared by the SQLite and PostgreSQL stores.
+
+The backends differ only in how a JSON column and a timestamp column come back (SQLite:
+text and integer microseconds; PostgreSQL: decoded JSON and datetimes), so each passes its
+two decoders and the mapping itself lives here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+from callbridge.models import CommittedSegment, Track, Word
+from callbridge.store.base import CallRecord, CallStatus
+
+CALL_COLUMNS = (
+    "call_sid, status, stream_sid, account_sid, from_number, to_number, tracks, "
+    "custom_parameters, created_at, started_at, ended_at, duration_ms, end_reason, "
+    "twilio_status, twilio_duration_s, segments, language_code, degraded, summary"
+)
+SEGMENT_COLUMNS = (
+    "call_sid, sequence, stream_sid, speaker, track, text, words, start_ms, "
+    "end_ms, language, committed_at"
+)
+
+
+class Row(Protocol):
+    """A result row indexable by column name (``sqlite3.Row``, ``asyncpg.Record``)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+DecodeJson = Callable[[Any], Any]
+DecodeTime = Callable[[Any], datetime]
+
+
+def call_record(row: Row, json: DecodeJson, time: DecodeTime) -> CallRecord:
+    def optional_time(value: Any) -> datetime | None:
+        return None if value is None else time(value)
+
+    summary = row["summary"]
+    return CallRecord(
+        call_sid=row["call_sid"],
+        status=CallStatus(row["status"]),
+        stream_sid=row["stream_sid"],
+        account_sid=row["account_sid"],
+        from_number=row["from_number"],
+        to_number=row["to_number"],
+        tracks=tuple(json(row["tracks"])),
+        custom_parameters=json(row["custom_parameters"]),
+        created_at=time(row["created_at"]),
+        started_at=optional_time(row["started_at"]),
+        ended_at=optional_time(row["ended_at"]),
+        duration_ms=row["duration_ms"],
+        end_reason=row["end_reason"],
+        twilio_status=row["twilio_status"],
+        twilio_duration_s=row["twilio_duration_s"],
+        segments=row["segments"],
+        language_code=row["language_code"],
+        degraded=row["degraded"],
+        summary=None if summary is None else json(summary),
+    )
+
+
+def committed_segment(row: Row, json: DecodeJson, time: DecodeTime) -> CommittedSegment:
+    return CommittedSegment(
+        call_sid=row["call_sid"],
+        stream_sid=row["stream_sid"],
+        sequence=row["sequence"],
+        speaker=row["speaker"],
+        track=Track(row["track"]),
+        text=row["text"],
+        start_ms=row["start_ms"],
+        end_ms=row["end_ms"],
+        language_code=row["language"],
+        words=tuple(Word.from_json(word) for word in json(row["words"])),
+        committed_at=time(row["committed_at"]),
+    )
