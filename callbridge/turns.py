@@ -147,17 +147,7 @@ class TurnSegmenter:
         frames = [(ts, data) for ts, data in state.preroll if ts >= earliest]
         state.preroll.clear()
         audio_start = frames[0][0] if frames else speech_start
-        segment = PlannedSegment(
-            id=self._next_id,
-            track=state.track,
-            speech_start_ms=speech_start,
-            speech_end_ms=end_ms,
-            audio_start_ms=audio_start,
-            audio_end_ms=audio_start,
-        )
-        self._next_id += 1
-        state.segment = segment
-        self._queue.append(segment)
+        segment = self._new_segment(state, speech_start, end_ms, audio_start)
         for ts, data in frames:
             self._append(segment, data, ts + len(data) // BYTES_PER_MS)
 
@@ -203,17 +193,24 @@ class TurnSegmenter:
         state.segment = None
         if length_ms >= s.max_segment_ms and state.vad.speaking:
             # A hard cut mid-speech: the speaker carries on in a new segment at once.
-            follow = PlannedSegment(
-                id=self._next_id,
-                track=state.track,
-                speech_start_ms=end_ms,
-                speech_end_ms=end_ms,
-                audio_start_ms=end_ms,
-                audio_end_ms=end_ms,
-            )
-            self._next_id += 1
-            state.segment = follow
-            self._queue.append(follow)
+            self._new_segment(state, end_ms, end_ms, end_ms)
+
+    def _new_segment(
+        self, state: _TrackTurns, speech_start_ms: int, speech_end_ms: int, audio_start_ms: int
+    ) -> PlannedSegment:
+        """Open a segment on ``state``'s track and queue it behind those already started."""
+        segment = PlannedSegment(
+            id=self._next_id,
+            track=state.track,
+            speech_start_ms=speech_start_ms,
+            speech_end_ms=speech_end_ms,
+            audio_start_ms=audio_start_ms,
+            audio_end_ms=audio_start_ms,
+        )
+        self._next_id += 1
+        state.segment = segment
+        self._queue.append(segment)
+        return segment
 
     def _idle_fill(self, duration_ms: int) -> None:
         self._output.audio(silence(duration_ms), None)

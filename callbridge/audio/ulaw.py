@@ -8,6 +8,8 @@ PCM for the optional ``pcm_8000`` format.
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
 
 import numpy as np
@@ -30,7 +32,9 @@ _LINEAR = np.frombuffer(audioop.ulaw2lin(bytes(range(256)), 2), dtype="<i2").ast
 _POWER: npt.NDArray[np.float64] = (_LINEAR / 32768.0) ** 2
 
 
+@functools.lru_cache(maxsize=64)
 def silence(duration_ms: int) -> bytes:
+    """μ-law silence; cached, since the same few durations are asked for every frame."""
     return bytes([SILENCE_BYTE]) * (duration_ms * BYTES_PER_MS)
 
 
@@ -42,7 +46,7 @@ def mean_power(payload: bytes) -> float:
 
 
 def power_dbfs(power: float) -> float:
-    return float(10.0 * np.log10(power + 1e-12))
+    return 10.0 * math.log10(power + 1e-12)
 
 
 def ulaw_to_pcm16(payload: bytes) -> bytes:
