@@ -56,11 +56,12 @@ class SegmentOutput(Protocol):
 
 
 class _TrackTurns:
-    __slots__ = ("preroll", "segment", "track", "vad")
+    __slots__ = ("end_ms", "preroll", "segment", "track", "vad")
 
     def __init__(self, track: Track, vad: VoiceActivityDetector, preroll_frames: int) -> None:
         self.track = track
         self.vad = vad
+        self.end_ms = 0  # stream time reached by this track's frames
         self.segment: PlannedSegment | None = None
         self.preroll: deque[tuple[int, bytes]] = deque(maxlen=preroll_frames)
 
@@ -101,6 +102,7 @@ class TurnSegmenter:
             return
         duration_ms = len(payload) // BYTES_PER_MS
         end_ms = start_ms + duration_ms
+        state.end_ms = end_ms
         started = state.vad.update(mean_power(payload), start_ms, duration_ms)
         segment = state.segment
         if segment is None:
@@ -112,6 +114,8 @@ class TurnSegmenter:
             if state.vad.voiced:
                 segment.speech_end_ms = end_ms
             self._maybe_close(state, segment, end_ms)
+        if len(self._tracks) > 1:
+            self._close_stalled(end_ms)
         if track is self._pacer and not self._queue:
             self._idle_fill(duration_ms)
         self._pump()
@@ -194,6 +198,17 @@ class TurnSegmenter:
         if length_ms >= s.max_segment_ms and state.vad.speaking:
             # A hard cut mid-speech: the speaker carries on in a new segment at once.
             self._new_segment(state, end_ms, end_ms, end_ms)
+
+    def _close_stalled(self, now_ms: int) -> None:
+        """A track whose frames stopped (Twilio need not send silence) cannot hold the floor:
+        once the other track's clock is ``turn_end_ms`` past it, its segment ends."""
+        limit = now_ms - self._settings.turn_end_ms
+        for state in self._tracks.values():
+            segment = state.segment
+            if segment is not None and state.end_ms <= limit:
+                segment.closed = True
+                state.segment = None
+                state.vad.finish()
 
     def _new_segment(
         self, state: _TrackTurns, speech_start_ms: int, speech_end_ms: int, audio_start_ms: int

@@ -230,3 +230,20 @@ def test_voice_activity_intervals_are_recorded_per_track() -> None:
     (interval,) = seg.activity(IN)
     assert abs(interval.start_ms - 1000) <= 40
     assert abs(interval.end_ms - (1000 + utterance_ms(2))) <= 40
+
+
+def test_a_track_whose_frames_stop_does_not_hold_the_floor() -> None:
+    # The agent speaks, then Twilio stops sending agent frames (no silence frames either);
+    # the caller's later turn must still be committed without waiting for call end.
+    agent = mulaw_track(1500, [utterance(200, [1200, 1300, 1400])], 16)
+    caller = mulaw_track(6000, [utterance(2500, [400, 500])], 17)
+    out = RecordingOutput()
+    seg = TurnSegmenter((IN, OUT), TurnSettings(), out)
+    for offset in range(0, len(caller), FRAME_BYTES):
+        seg.push(IN, offset // 8, caller[offset : offset + FRAME_BYTES])
+        if offset < len(agent):
+            seg.push(OUT, offset // 8, agent[offset : offset + FRAME_BYTES])
+    # Before finish(): both turns are committed, agent first.
+    assert [s.track for s in out.committed()] == [OUT, IN]
+    agent_seg = out.committed()[0]
+    assert abs(agent_seg.speech_end_ms - (200 + utterance_ms(3))) <= 60
