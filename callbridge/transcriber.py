@@ -132,6 +132,8 @@ class SegmentTranscriber:
     # --------------------------------------------------------- SegmentOutput
     def audio(self, data: bytes, segment: PlannedSegment | None) -> None:
         if self._dead:
+            if segment is not None:  # speech that can no longer be transcribed
+                self.lost_ms += len(data) // BYTES_PER_MS
             return
         window = self._current
         if window is None:
@@ -154,6 +156,8 @@ class SegmentTranscriber:
 
     def commit(self, segment: PlannedSegment | None) -> None:
         if self._dead:
+            if segment is not None:  # the turn still happened: record it, untranscribed
+                self._on_segment(segment, "", (), self.language_code)
             return
         window = self._current
         if window is None:
@@ -316,7 +320,7 @@ class SegmentTranscriber:
         untranscribed = [w for w in self._windows if w.segment is not None]
         for window in untranscribed:
             assert window.segment is not None
-            self._count_lost(window.at_risk_ms)
+            self._count_lost(window.at_risk_ms + len(window.audio) // BYTES_PER_MS)
             window.at_risk_ms = 0
             self._deliver(window, "", None)
         self._windows.clear()

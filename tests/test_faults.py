@@ -340,6 +340,11 @@ async def test_non_retryable_error_degrades_the_call_without_a_retry_storm(
     assert record is not None and record.degraded is not None and kind in record.degraded
     assert record.end_reason == "error"
     assert emulator.connection_attempts == 1
+    # Untranscribed speech is counted as lost, never hidden; every turn is still recorded.
+    assert record.summary is not None
+    unheard = [u for u in CONVERSATION if u[0] >= (2600 if kind == "input_error" else 0)]
+    assert record.summary["audio_lost_ms"] >= sum(words_ms(len(w)) for _, _, w in unheard)
+    assert len(segments) >= len(CONVERSATION)
     failures = [e for e in logs if e["event"] == "scribe.failed"]
     assert len(failures) == 1 and failures[0]["kind"] == kind
     # The Twilio socket took every frame and was closed by the bridge, normally, at the end.
