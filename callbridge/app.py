@@ -13,6 +13,7 @@ import asyncio
 import signal
 import socket
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import structlog
 from aiohttp import web
@@ -21,7 +22,7 @@ from callbridge.api.routes import setup_api
 from callbridge.bridge import REGISTRY, setup_bridge_routes
 from callbridge.config import Settings, redacted
 from callbridge.context import SETTINGS, SINK, STORE
-from callbridge.models import EndReason
+from callbridge.models import EndReason, utc_now
 from callbridge.sink import CallEventSink, FanOutSink, LoggingSink
 from callbridge.store.factory import open_store
 from callbridge.summary import summarize
@@ -63,11 +64,30 @@ async def _store_and_dispatcher(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     dispatcher = app[DISPATCHER]
     await dispatcher.start()
+    purger = asyncio.create_task(_purge_finished(app), name="purge-deliveries")
     try:
         yield
     finally:
+        purger.cancel()
+        await asyncio.gather(purger, return_exceptions=True)
         await dispatcher.stop(timeout=settings.webhook.timeout_s)
         await store.close()
+
+
+async def _purge_finished(app: web.Application) -> None:
+    """Delivered and failed deliveries are kept ``keep_finished_s``, then removed."""
+    keep_s = app[SETTINGS].webhook.keep_finished_s
+    interval_s = min(3600.0, max(0.05, keep_s / 2))
+    store = app[STORE]
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            removed = await store.purge_finished_deliveries(utc_now() - timedelta(seconds=keep_s))
+        except Exception:
+            log.exception("webhook.purge_failed")
+            continue
+        if removed:
+            log.info("webhook.purged", deliveries=removed)
 
 
 async def _end_live_calls(app: web.Application) -> None:

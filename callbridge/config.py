@@ -105,6 +105,7 @@ class WebhookSettings:
     retry_for_s: float = 86400.0
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 600.0
+    keep_finished_s: float = 7 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)

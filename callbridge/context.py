@@ -9,7 +9,7 @@ from aiohttp import web
 from callbridge.config import Settings
 from callbridge.models import EndReason
 from callbridge.sink import CallEventSink
-from callbridge.store.base import Store
+from callbridge.store.base import DurableStore
 
 
 class LiveCalls(Protocol):
@@ -22,6 +22,6 @@ class LiveCalls(Protocol):
 
 
 SETTINGS = web.AppKey("settings", Settings)
-STORE = web.AppKey("store", Store)
+STORE = web.AppKey("store", DurableStore)
 LIVE_CALLS = web.AppKey("live_calls", LiveCalls)
 SINK = web.AppKey("sink", CallEventSink)

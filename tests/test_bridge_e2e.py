@@ -271,3 +271,38 @@ async def test_pcm_8000_option_converts_the_audio(tmp_path: Path, emulator: Scri
 def test_emulated_tone_words_are_distinct() -> None:
     # Guard for the tests above: adjacent test frequencies are resolvable.
     assert len({round(f, -1) for f in np.arange(400, 1000, 50)}) == 12
+
+
+async def test_finished_deliveries_are_purged_after_the_keep_period(
+    tmp_path: Path, emulator: ScribeEmulator
+) -> None:
+    import dataclasses
+    import sqlite3
+
+    from callbridge.testing.webhook_receiver import WebhookReceiver
+
+    async with WebhookReceiver() as receiver:
+        settings = bridge_settings(tmp_path, emulator.url, free_port(), webhook_urls=[receiver.url])
+        settings = settings.replace(
+            webhook=dataclasses.replace(settings.webhook, keep_finished_s=1.0)
+        )
+        async with running_bridge(settings) as bridge:
+            sim = bridge.simulator()
+            await sim.run(inbound=track(3000, [(300, [500, 600])], 11), speed=0)
+            await wait_ended(bridge, sim.call_sid)
+            await receiver.wait_for(3, timeout=10)  # started, one segment, ended
+
+            def counts() -> tuple[int, int]:
+                with sqlite3.connect(tmp_path / "bridge.db") as conn:
+                    deliveries = conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0]
+                    events = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+                return deliveries, events
+
+            assert counts() == (3, 3)  # kept while younger than keep_finished_s
+            for _ in range(60):
+                if counts() == (0, 0):
+                    break
+                await asyncio.sleep(0.1)
+            assert counts() == (0, 0)
+            # The call and its transcript stay; only the delivery bookkeeping goes.
+            assert len(await bridge.store.get_segments(sim.call_sid)) == 1
