@@ -13,6 +13,7 @@ session is then finished as for a hang-up, so no speech that already arrived is 
 from __future__ import annotations
 
 import asyncio
+import os
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -198,7 +199,7 @@ async def healthz(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     if registry.draining:
         return web.json_response({"status": "draining"}, status=503)
-    return web.json_response({"status": "ok", "live_calls": len(registry)})
+    return web.json_response({"status": "ok", "live_calls": len(registry), "pid": os.getpid()})
 
 
 def setup_bridge_routes(app: web.Application) -> LiveCallRegistry:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from callbridge import __version__
 from callbridge.cli_calls import add_calls_commands
@@ -27,7 +29,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from callbridge.app import serve
 
     settings = _load(args)
-    overrides = {}
+    overrides: dict[str, Any] = {}
     if args.host is not None:
         overrides["host"] = args.host
     if args.port is not None:
@@ -35,13 +37,13 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.workers is not None:
         overrides["workers"] = args.workers
     if overrides:
-        import dataclasses
-
         settings = settings.replace(server=dataclasses.replace(settings.server, **overrides))
     check_serve(settings)
     configure_logging(settings.logging.format, settings.logging.level)
     if settings.server.workers > 1:
-        raise ConfigError("CALLBRIDGE_SERVER_WORKERS", "more than one worker is not supported yet")
+        from callbridge.workers import serve_workers
+
+        return serve_workers(settings)
     asyncio.run(serve(settings))
     return 0
 

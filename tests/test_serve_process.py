@@ -276,3 +276,85 @@ async def test_sigkill_with_events_pending_then_restart_delivers_every_event(
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(proc.wait, 30)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(part) for part in text.split()]
+
+
+async def test_two_workers_share_the_port_and_send_every_event_once(
+    tmp_path: Path, emulator: ScribeEmulator
+) -> None:
+    from callbridge.testing.webhook_receiver import WebhookReceiver
+
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    async with WebhookReceiver(secret=secret) as receiver:
+        proc = subprocess.Popen(  # noqa: ASYNC220 (starting the server under test is instant)
+            [sys.executable, "-m", "callbridge", "serve", "--workers", "2"],
+            env=base_env(
+                ELEVENLABS_API_KEY="test-key",
+                CALLBRIDGE_SCRIBE_URL=emulator.url,
+                TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+                CALLBRIDGE_PUBLIC_URL=public,
+                DATABASE_URL=f"sqlite:///{tmp_path / 'bridge.db'}",
+                PORT=str(port),
+                HOST="127.0.0.1",
+                CALLBRIDGE_WEBHOOK_URLS=receiver.url,
+                CALLBRIDGE_WEBHOOK_SECRET=secret,
+                CALLBRIDGE_TURNS_MIN_COMMIT_INTERVAL_MS="20",
+                CALLBRIDGE_TURNS_CATCHUP_SPEED="1000",
+                CALLBRIDGE_LOGGING_LEVEL="warning",
+            ),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            await wait_healthy(public, proc)
+            for _ in range(100):
+                if len(_children(proc.pid)) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            workers = _children(proc.pid)
+            assert len(workers) >= 2, workers
+            sims = []
+            runs = []
+            for index in range(8):
+                base = 400 + 100 * index
+                audio = track(3000, [(300, [base, base + 50])], index)
+                sim = TwilioCallSimulator(
+                    f"ws://127.0.0.1:{port}/twilio/media", auth_token=AUTH_TOKEN, public_url=public
+                )
+                sims.append((sim, base))
+                runs.append(sim.run(inbound=audio, speed=0))
+            await asyncio.gather(*runs)
+            # Each call: call.started, one segment, call.ended.
+            await receiver.wait_for(3 * len(sims), timeout=30)
+            await asyncio.sleep(0.5)  # room for any duplicate to show up
+            ids = [r.webhook_id for r in receiver.requests]
+            assert len(ids) == len(set(ids)) == 3 * len(sims)
+            assert all(r.signature_valid for r in receiver.requests)
+            for sim, base in sims:
+                texts = [
+                    r.data["text"]
+                    for r in receiver.requests
+                    if r.event_type == "transcript.committed" and r.data["call_sid"] == sim.call_sid
+                ]
+                assert texts == [f"tone{base} tone{base + 50}"]
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 30) == 0
+            for _ in range(50):  # the parent is gone; its children follow (helpers too)
+                if not any(Path(f"/proc/{pid}").exists() for pid in workers):
+                    break
+                await asyncio.sleep(0.1)
+            assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
