@@ -201,6 +201,40 @@ def proc_mem_kb(pid: int) -> dict[str, int]:
     return out
 
 
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and all its descendants (a `serve --workers N` parent and its workers)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        with contextlib.suppress(OSError), open(f"/proc/{current}/task/{current}/children") as f:
+            todo.extend(int(child) for child in f.read().split())
+    return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its descendants (workers exit only at the end)."""
+    total = 0.0
+    for member in tree_pids(pid):
+        try:
+            total += proc_cpu_s(member)
+        except OSError:
+            pass
+    return total
+
+
+def tree_mem_kb(pid: int) -> dict[str, int]:
+    """VmRSS/VmHWM summed over a process tree (shared pages count once per process)."""
+    out: dict[str, int] = {}
+    for member in tree_pids(pid):
+        try:
+            for key, value in proc_mem_kb(member).items():
+                out[key] = out.get(key, 0) + value
+        except OSError:
+            pass
+    return out
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) jiffies of the whole machine."""
     with open("/proc/stat") as f:
@@ -542,7 +576,7 @@ async def run_phase(phase: Phase) -> dict[str, Any]:
         for item in args.server_env:
             key, _, value = item.partition("=")
             env[key] = value
-        command = [sys.executable, "-m", "callbridge", "serve"]
+        command = [sys.executable, "-m", "callbridge", "serve", "--workers", str(args.workers)]
     else:
         env = base_env()
         command = [sys.executable, str(HERE), "_relay", "--port", str(port)]
@@ -555,7 +589,7 @@ async def run_phase(phase: Phase) -> dict[str, Any]:
         async with aiohttp.ClientSession(connector=connector) as http:
             await _wait_healthy(http, base, server)
             await asyncio.sleep(1.0)
-            idle = proc_mem_kb(server.pid)
+            idle = tree_mem_kb(server.pid)
             result, profiler = await _generate(phase, http, base, server.pid, fixtures.pid, idle)
             # Let the server finish every call, deliver every webhook, then collect.
             deadline = time.monotonic() + 60
@@ -571,7 +605,7 @@ async def run_phase(phase: Phase) -> dict[str, Any]:
                         if (await response.json())["call_ended"] >= started:
                             break
                     await asyncio.sleep(0.2)
-            result["rss"]["hwm_kb"] = proc_mem_kb(server.pid).get("VmHWM")
+            result["rss"]["hwm_kb"] = tree_mem_kb(server.pid).get("VmHWM")
             dump = phase.workdir / f"{phase.system}-{phase.calls}"
             async with http.post(endpoints["http"] + "/dump", json={"path": str(dump)}) as response:
                 response.raise_for_status()
@@ -661,7 +695,7 @@ async def _generate(
         nonlocal rss_peak
         while not calls_done.is_set():
             with contextlib.suppress(OSError):
-                rss_peak = max(rss_peak, proc_mem_kb(server_pid).get("VmRSS", 0))
+                rss_peak = max(rss_peak, tree_mem_kb(server_pid).get("VmRSS", 0))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(calls_done.wait(), 0.2)
 
@@ -679,14 +713,14 @@ async def _generate(
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         before = (
-            time.monotonic(), proc_cpu_s(server_pid), proc_cpu_s(os.getpid()),
+            time.monotonic(), tree_cpu_s(server_pid), proc_cpu_s(os.getpid()),
             proc_cpu_s(fixtures_pid), machine_cpu(),
         )  # fmt: skip
         await asyncio.sleep(max(0.0, (window[0] + window[1]) / 2 - loop.time()))
         live_mid = await _live_calls(http, base)
         await asyncio.sleep(max(0.0, window[1] - loop.time()))
         after = (
-            time.monotonic(), proc_cpu_s(server_pid), proc_cpu_s(os.getpid()),
+            time.monotonic(), tree_cpu_s(server_pid), proc_cpu_s(os.getpid()),
             proc_cpu_s(fixtures_pid), machine_cpu(),
         )  # fmt: skip
         seconds = after[0] - before[0]
@@ -809,8 +843,10 @@ def _analyse(phase: Phase, dump: Path, result: dict[str, Any]) -> None:
         "scribe_chunks": meta["chunks"],
     }
     cpu = result["cpu_percent"]
+    workers = phase.args.workers if phase.system == "bridge" else 1
+    result["workers"] = workers
     result["saturated"] = bool(
-        cpu["server"] >= 90
+        cpu["server"] >= 90 * workers
         or cpu["machine"] >= 95 * (os.cpu_count() or 1)
         or (result["generator_lag_ms"]["p99"] or 0) > 20
     )
@@ -1044,6 +1080,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--py-spy", metavar="PREFIX", default=None,
         help="profile the bridge with py-spy over each steady window (PREFIX-N.txt)",
     )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=1, help="bridge worker processes (serve --workers N)"
+    )
     parser.add_argument("--keep", metavar="DIR", default=None, help="keep logs, DBs and dumps")
     args = parser.parse_args(argv)
     args.calls = [int(c) for c in str(args.calls).split(",") if c.strip()]
