@@ -216,10 +216,8 @@ def tree_cpu_s(pid: int) -> float:
     """CPU seconds of a process and its descendants (workers exit only at the end)."""
     total = 0.0
     for member in tree_pids(pid):
-        try:
+        with contextlib.suppress(OSError):  # a process that just exited
             total += proc_cpu_s(member)
-        except OSError:
-            pass
     return total
 
 

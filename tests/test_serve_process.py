@@ -278,6 +278,10 @@ async def test_sigkill_with_events_pending_then_restart_delivers_every_event(
             await asyncio.to_thread(proc.wait, 30)
 
 
+def _alive(pids: list[int]) -> bool:
+    return any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
 def _children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -350,10 +354,10 @@ async def test_two_workers_share_the_port_and_send_every_event_once(
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(proc.wait, 30) == 0
             for _ in range(50):  # the parent is gone; its children follow (helpers too)
-                if not any(Path(f"/proc/{pid}").exists() for pid in workers):
+                if not _alive(workers):
                     break
                 await asyncio.sleep(0.1)
-            assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+            assert not _alive(workers)
         finally:
             if proc.poll() is None:
                 proc.kill()
