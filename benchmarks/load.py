@@ -1,6 +1,6 @@
 """Load benchmark: the real bridge process under N concurrent two-track calls, against a relay.
 
-    .venv/bin/python benchmarks/load.py [--calls 10,50 --duration 15 --json out.json]
+    .venv/bin/python benchmarks/load.py [--calls 10,50 --duration 15 --rounds 3 --json out.json]
 
 For every N, twice (``bridge`` = ``python -m callbridge serve``; ``relay`` = the minimal
 pass-through relay below), on 127.0.0.1 only:
@@ -42,13 +42,21 @@ Method (also printed with the results):
   on); the receiver stamps each ``transcript.committed`` POST. The k-th non-empty commit of
   a Scribe session (mapped to its call by the tags it received) is matched with the call's
   k-th webhook in ``sequence`` order; commits sent in the steady window are reported.
-* RSS: ``VmRSS`` of the server sampled every 0.2 s; *idle* is taken before the first call;
-  ``RSS/call`` = (peak during the calls − idle) / N; ``VmHWM`` is reported too.
+* RSS: ``VmRSS`` of the server (summed over its process tree) sampled every 0.2 s; *idle* is
+  taken before the first call; ``RSS/call`` = (peak during the calls − idle) / N; ``VmHWM`` is
+  reported too.
+* Rounds (``--rounds R``, R ≥ 2): the same server process (and fixtures) runs the N calls R
+  times in a row, each round a fresh set of N calls (new call SIDs) of the same shape; before
+  the next round the server must report 0 live calls and (bridge) every ``call.ended`` webhook
+  must have arrived. Per round: peak ``VmRSS`` during the calls and ``VmRSS`` once settled
+  (1 s after that); spread = (max − min) / min over the rounds (no leak: ≤ 5 %). Every other
+  figure is from round 1 alone: the emulator's data are dumped before round 2 starts.
+* Neither server compresses its Scribe websocket (``compression=None``, no permessage-deflate).
 
 The relay (``python benchmarks/load.py _relay``) parses each Twilio JSON message and forwards
 each frame's base64 payload, as is, as one ``input_audio_chunk`` (both tracks, one Scribe
-websocket per call, the same ``websockets`` client defaults as the bridge): no VAD, no
-batching, no storage, no webhooks.
+websocket per call, a ``websockets`` client without compression as in the bridge): no VAD,
+no batching, no storage, no webhooks.
 """
 
 from __future__ import annotations
@@ -428,7 +436,9 @@ async def _relay(args: argparse.Namespace) -> None:
                         }
                         await upstream.send(json.dumps(chunk, separators=(",", ":")))
                 elif kind == "start":
-                    upstream = await connect(scribe_url, additional_headers={"xi-api-key": API_KEY})
+                    upstream = await connect(
+                        scribe_url, additional_headers={"xi-api-key": API_KEY}, compression=None
+                    )
                     reader = asyncio.create_task(drain(upstream))
                 elif kind == "stop":
                     break
@@ -466,6 +476,12 @@ def base_env(**extra: str) -> dict[str, str]:
         env.pop(name, None)
     env.update(extra)
     return env
+
+
+def _py_spy() -> str:
+    """py-spy from this interpreter's environment, else from PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else "py-spy"
 
 
 def spawn(command: list[str], *, log: Path | None = None, **kwargs: Any) -> subprocess.Popen[bytes]:
@@ -589,24 +605,30 @@ async def run_phase(phase: Phase) -> dict[str, Any]:
             await asyncio.sleep(1.0)
             idle = tree_mem_kb(server.pid)
             result, profiler = await _generate(phase, http, base, server.pid, fixtures.pid, idle)
-            # Let the server finish every call, deliver every webhook, then collect.
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                live = await _live_calls(http, base)
-                if live == 0:
-                    break
-                await asyncio.sleep(0.2)
-            if phase.system == "bridge":
-                started = phase.calls - len(phase.failures)
-                while time.monotonic() < deadline:
-                    async with http.get(endpoints["http"] + "/stats") as response:
-                        if (await response.json())["call_ended"] >= started:
-                            break
-                    await asyncio.sleep(0.2)
+            ended = phase.calls - len(phase.failures)
+            await _settle(phase, http, base, endpoints["http"], ended)
             result["rss"]["hwm_kb"] = tree_mem_kb(server.pid).get("VmHWM")
+            # Dump now: later rounds add sessions and webhooks the analysis must not see.
             dump = phase.workdir / f"{phase.system}-{phase.calls}"
             async with http.post(endpoints["http"] + "/dump", json={"path": str(dump)}) as response:
                 response.raise_for_status()
+            if args.rounds > 1:
+                n = phase.calls
+                rounds = [await _round_rss(1, result, server.pid, phase)]
+                for number in range(2, args.rounds + 1):
+                    # a fresh set of calls: new SIDs, its own send times and failures
+                    again = Phase(phase.system, n, args, phase.conversation, phase.workdir)
+                    measured, _ = await _generate(
+                        again, http, base, server.pid, fixtures.pid, idle, profile=False
+                    )
+                    ended += again.calls - len(again.failures)
+                    await _settle(again, http, base, endpoints["http"], ended)
+                    rounds.append(await _round_rss(number, measured, server.pid, again))
+                result["rounds"] = rounds
+                result["rss_flatness"] = {
+                    "peak_spread_pct": spread_pct([r["peak_rss_kb"] for r in rounds]),
+                    "settled_spread_pct": spread_pct([r["settled_rss_kb"] for r in rounds]),
+                }
     finally:
         if profiler is not None:
             await asyncio.to_thread(_wait, profiler, 60)
@@ -624,6 +646,45 @@ async def run_phase(phase: Phase) -> dict[str, Any]:
     return result
 
 
+async def _settle(
+    phase: Phase, http: aiohttp.ClientSession, base: str, fixtures_url: str, ended: int
+) -> None:
+    """Let the server finish every call and (bridge) deliver ``ended`` call.ended webhooks."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        live = await _live_calls(http, base)
+        if live == 0:
+            break
+        await asyncio.sleep(0.2)
+    if phase.system == "bridge":
+        while time.monotonic() < deadline:
+            async with http.get(fixtures_url + "/stats") as response:
+                if (await response.json())["call_ended"] >= ended:
+                    break
+            await asyncio.sleep(0.2)
+
+
+async def _round_rss(
+    number: int, measured: dict[str, Any], server_pid: int, phase: Phase
+) -> dict[str, Any]:
+    """One round's RSS: its peak, and VmRSS 1 s after the round settled."""
+    await asyncio.sleep(1.0)
+    return {
+        "round": number,
+        "peak_rss_kb": measured["rss"]["peak_kb"],
+        "settled_rss_kb": tree_mem_kb(server_pid).get("VmRSS", 0),
+        "per_call_kb": measured["rss"]["per_call_kb"],
+        "cpu_s_per_call_s": measured["cpu_s_per_call_s"],
+        "failed_calls": len(phase.failures),
+    }
+
+
+def spread_pct(values: Sequence[float]) -> float | None:
+    """(max - min) / min, in percent."""
+    low = min(values, default=0)
+    return round(100 * (max(values) - low) / low, 2) if low > 0 else None
+
+
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
     try:
         return proc.wait(timeout)
@@ -639,6 +700,8 @@ async def _generate(
     server_pid: int,
     fixtures_pid: int,
     idle: dict[str, int],
+    *,
+    profile: bool = True,
 ) -> tuple[dict[str, Any], subprocess.Popen[bytes] | None]:
     from callbridge.testing.twilio_simulator import TwilioCallSimulator
 
@@ -702,10 +765,10 @@ async def _generate(
     async def sample_window() -> dict[str, Any]:
         nonlocal profiler
         await asyncio.sleep(max(0.0, window[0] - loop.time()))
-        if args.py_spy and phase.system == "bridge":
+        if args.py_spy and phase.system == "bridge" and profile:
             out = f"{args.py_spy}-{n}.txt"
             profiler = spawn(
-                ["py-spy", "record", "--pid", str(server_pid), "--duration",
+                [_py_spy(), "record", "--pid", str(server_pid), "--duration",
                  str(max(1, int(window[1] - window[0]))), "--rate", "100", "--nonblocking",
                  "--format", "raw", "--output", out],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -903,6 +966,8 @@ lag p50/p99    ms from sending the newest frame of each chunk to its arrival (no
 lost/speech    speech frames never received / speech frames sent (whole run)
 hook p50/p99   ms from the emulator writing a committed transcript to the transcript.committed POST
 peak RSS MB    server VmRSS peak during the calls; RSS/call KB = (peak - idle) / calls
+rss over R     --rounds R ≥ 2: the same server runs the N calls R times; VmRSS peak per round and
+               settled after it, spread = (max - min) / min (the table is round 1 alone)
 srv/gen/fix%   CPU of the server / load generator / fixtures (emulator + receiver) processes,
                busy% the whole machine (100% = one core), all over the steady window
 !              saturated: server ≥ 90% of a core, machine ≥ 95% busy or generator late > 20 ms"""
@@ -943,6 +1008,34 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _flat(spread: float | None) -> str:
+    return "-" if spread is None else "met" if spread <= 5 else "MISSED"
+
+
+def _pct(spread: float | None) -> str:
+    return "-" if spread is None else f"{spread:.1f}%"
+
+
+def rounds_lines(results: list[dict[str, Any]]) -> list[str]:
+    """One line per system run with ``--rounds`` ≥ 2: RSS per round and its spread."""
+    out = []
+    for entry in results:
+        for system in ("bridge", "relay"):
+            rounds = (entry.get(system) or {}).get("rounds")
+            if not rounds:
+                continue
+            flat = entry[system]["rss_flatness"]
+            peaks = " / ".join(f"{r['peak_rss_kb'] / 1024:.1f}" for r in rounds)
+            settled = " / ".join(f"{r['settled_rss_kb'] / 1024:.1f}" for r in rounds)
+            out.append(
+                f"rss over {len(rounds)} rounds ({system}, N={entry['calls']}): peak {peaks} MB, "
+                f"settled {settled} MB; spread {_pct(flat['peak_spread_pct'])} "
+                f"(settled {_pct(flat['settled_spread_pct'])}; "
+                f"≤ 5%: {_flat(flat['peak_spread_pct'])})"
+            )
+    return out
+
+
 def targets(results: list[dict[str, Any]]) -> list[str]:
     out = []
     for entry in results:
@@ -964,6 +1057,13 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
             f"RSS/call {bridge['rss']['per_call_kb']:.0f} KB "
             f"(≤ 256: {'met' if bridge['rss']['per_call_kb'] <= 256 else 'MISSED'})",
         ]
+        if bridge.get("rounds"):
+            flat = bridge["rss_flatness"]
+            verdict.append(
+                f"RSS flat ±5% over {len(bridge['rounds'])} rounds: "
+                f"{_flat(flat['peak_spread_pct'])} (peak spread {_pct(flat['peak_spread_pct'])}, "
+                f"settled {_pct(flat['settled_spread_pct'])})"
+            )
         if n >= 200:
             verdict.append(
                 f"hook p99 {_ms(hook)} ms (≤ 20 at 200 calls: "
@@ -987,6 +1087,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "pinned": bool(args.pin),
         "duration_s": args.duration,
         "stagger_s": args.stagger,
+        "rounds": args.rounds,
         "emulator_partials_ms": args.partials_ms,
         "server_env": list(args.server_env),
         "conversation": {
@@ -1022,6 +1123,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 entry["cpu_ratio_vs_relay"] = None
             results.append(entry)
             print(format_table([entry]).split("\n", 1)[1], flush=True)
+            for line in rounds_lines([entry]):
+                print(line, flush=True)
     return {"meta": meta, "results": results, "targets": targets(results)}
 
 
@@ -1081,6 +1184,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=1, help="bridge worker processes (serve --workers N)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="run the N calls R times on the same server: RSS per round, no leak (1)",
+    )  # fmt: skip
     parser.add_argument("--keep", metavar="DIR", default=None, help="keep logs, DBs and dumps")
     args = parser.parse_args(argv)
     args.calls = [int(c) for c in str(args.calls).split(",") if c.strip()]
@@ -1089,6 +1196,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--calls: between 1 and {MAX_CALLS} each")
     if any(s not in ("bridge", "relay") for s in args.systems):
         parser.error("--systems: bridge and/or relay")
+    if not 1 <= args.rounds <= 100:
+        parser.error("--rounds: between 1 and 100")
     if not 2 <= args.duration <= 3600 or args.stagger < 0 or args.stagger >= args.duration / 2:
         parser.error("--duration between 2 and 3600 s, --stagger below half of it")
     return args
@@ -1111,6 +1220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = asyncio.run(run(args))
     print()
     print(format_table(report["results"]))
+    for line in rounds_lines(report["results"]):
+        print(line)
     print()
     print(LEGEND)
     print("\nMethod:\n" + "\n".join("  " + line for line in report["meta"]["method"].splitlines()))

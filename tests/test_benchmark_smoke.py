@@ -69,6 +69,43 @@ def test_load_benchmark_prints_every_figure_and_writes_json(tmp_path: Path) -> N
         assert frames["sent"] == 2 * 2 * 150 and frames["speech_sent"] > 0
         assert {"peak_kb", "idle_kb", "per_call_kb", "hwm_kb"} <= set(entry[system]["rss"])
         assert {"p50", "p99"} <= set(entry[system]["fwd_latency_ms"])
+        assert "rounds" not in entry[system] and "rss_flatness" not in entry[system]
     hooks = entry["bridge"]["commit_to_webhook_ms"]
     assert {"p50", "p99", "commits", "unmatched"} <= set(hooks)
     assert entry["relay"]["commit_to_webhook_ms"] is None
+
+
+@pytest.mark.timeout(240)
+def test_load_benchmark_rounds_report_rss_per_round(tmp_path: Path) -> None:
+    out = tmp_path / "load.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBRIDGE_", "TWILIO_"))}
+    command = [sys.executable, str(ROOT / "benchmarks" / "load.py")]
+    result = subprocess.run(
+        [*command, "--calls", "2", "--duration", "3", "--rounds", "2", "--json", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for system in ("bridge", "relay"):
+        assert f"rss over 2 rounds ({system}, N=2): peak " in result.stdout, system
+    assert "RSS flat ±5% over 2 rounds: " in result.stdout
+    report = json.loads(out.read_text())
+    assert report["meta"]["rounds"] == 2
+    [entry] = report["results"]
+    for system in ("bridge", "relay"):
+        data = entry[system]
+        assert data["server_exit_code"] == 0
+        # round 1 alone is analysed: later rounds' frames must not leak into it
+        assert data["frames"]["sent"] == 2 * 2 * 150
+        rounds = data["rounds"]
+        assert [r["round"] for r in rounds] == [1, 2]
+        for entry_round in rounds:
+            assert entry_round["peak_rss_kb"] > 0 and entry_round["settled_rss_kb"] > 0
+            assert entry_round["failed_calls"] == 0
+        assert rounds[0]["peak_rss_kb"] == data["rss"]["peak_kb"]
+        flatness = data["rss_flatness"]
+        assert flatness["peak_spread_pct"] is not None and flatness["peak_spread_pct"] >= 0
+        assert flatness["settled_spread_pct"] is not None and flatness["settled_spread_pct"] >= 0
