@@ -146,6 +146,7 @@ async def serve(settings: Settings, *, sock: socket.socket | None = None) -> Non
             host=settings.server.host,
             port=settings.server.port,
             public_url=settings.server.public_url,
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
             settings=redacted(settings),
         )
         warn_about_settings(settings)

@@ -8,13 +8,12 @@ non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from callbridge import __version__
+from callbridge import __version__, event_loop
 from callbridge.cli_calls import add_calls_commands
 from callbridge.config import ConfigError, Settings, check_serve, load_settings
 from callbridge.logs import configure_logging
@@ -44,7 +43,7 @@ def run_serve(args: argparse.Namespace) -> int:
         from callbridge.workers import serve_workers
 
         return serve_workers(settings)
-    asyncio.run(serve(settings))
+    event_loop.run(serve(settings), settings.server.event_loop)
     return 0
 
 

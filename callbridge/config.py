@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from callbridge.event_loop import CHOICES as EVENT_LOOPS
+from callbridge.event_loop import uvloop_available
+
 DEFAULT_CONFIG_PATH = Path("config/callbridge.toml")
 
 
@@ -40,6 +43,7 @@ class ServerSettings:
     port: int = 8080
     public_url: str = ""
     workers: int = 1
+    event_loop: str = "auto"  # "auto" (uvloop when installed) | "uvloop" | "asyncio"
     shutdown_timeout_s: float = 10.0
     max_message_bytes: int = 64 * 1024
 
@@ -294,6 +298,13 @@ def check_values(settings: Settings) -> None:
         raise ConfigError("PORT", f"{s.server.port} is not a TCP port")
     if s.server.workers < 1:
         raise ConfigError("CALLBRIDGE_SERVER_WORKERS", "must be at least 1")
+    if s.server.event_loop not in EVENT_LOOPS:
+        raise ConfigError(
+            "CALLBRIDGE_SERVER_EVENT_LOOP",
+            f"{s.server.event_loop!r} is not {', '.join(EVENT_LOOPS[:-1])} or {EVENT_LOOPS[-1]}",
+        )
+    if s.server.event_loop == "uvloop" and not uvloop_available():
+        raise ConfigError("CALLBRIDGE_SERVER_EVENT_LOOP", "is uvloop, which is not installed")
     if s.server.public_url:
         parts = urlsplit(s.server.public_url)
         if parts.scheme not in {"http", "https"} or not parts.netloc:

@@ -33,6 +33,8 @@ from callbridge.scribe.messages import CommittedTranscript, ScribeWord
 from callbridge.scribe.options import ScribeOptions
 from callbridge.turns import PlannedSegment
 
+_TICK_S = 0.25  # how often the ticker looks: the longest a paused stream's tail waits
+
 SegmentCallback = Callable[[PlannedSegment, str, tuple[Word, ...], str | None], None]
 Connect = Callable[[ScribeOptions], Awaitable[ScribeConnection]]
 Sleep = Callable[[float], Awaitable[None]]
@@ -113,8 +115,10 @@ class SegmentTranscriber:
         self._outbox_ms = 0
         self._awaiting: deque[_Window] = deque()  # commits sent on this connection
         self._provisional: tuple[_Window | None, CommittedTranscript] | None = None
-        self._wakeup = asyncio.Event()
-        self._answered = asyncio.Event()
+        self._wakeup = asyncio.Event()  # the sender has something to look at
+        self._last_send = 0.0  # time.monotonic() of the last message on this connection
+        self._flush_due = False  # set by the ticker: send a partial chunk now
+        self._keepalive_due = False  # set by the ticker: the session has been quiet too long
         self._closing = False
         self._connected = False
         self._dead = False
@@ -174,10 +178,9 @@ class SegmentTranscriber:
     def _enqueue(self, chunk: _Chunk, size: int) -> None:
         self._outbox.append(chunk)
         self._outbox_ms += size // BYTES_PER_MS
-        # A full chunk is ready; or the sender may be idle (waiting for the keepalive
-        # timeout) and must see a partial chunk too, or a stream that paused mid-chunk
-        # would stall there, with keepalive silence sent before its tail.
-        if self._outbox_ms >= self._settings.chunk_ms or len(self._outbox) == 1:
+        # Wake the sender for full chunks only; a short chunk left by a paused stream is
+        # flushed by the ticker.
+        if self._outbox_ms >= self._settings.chunk_ms:
             self._wakeup.set()
 
     # -------------------------------------------------------------- lifecycle
@@ -290,6 +293,7 @@ class SegmentTranscriber:
     async def _serve(self, conn: ScribeConnection) -> None:
         receiver = asyncio.create_task(self._receive(conn), name="scribe-receive")
         sender = asyncio.create_task(self._send(conn), name="scribe-send")
+        ticker = asyncio.create_task(self._tick(), name="scribe-tick")
         try:
             # Either side returns only once the call is closing and every window is
             # answered; either one failing fails the connection.
@@ -299,9 +303,9 @@ class SegmentTranscriber:
                 if exc is not None:
                     raise exc
         finally:
-            for task in (receiver, sender):
+            for task in (receiver, sender, ticker):
                 task.cancel()
-            await asyncio.gather(receiver, sender, return_exceptions=True)
+            await asyncio.gather(receiver, sender, ticker, return_exceptions=True)
 
     async def _backoff(self, failures: int, exc: ScribeError) -> None:
         s = self._settings
@@ -326,7 +330,7 @@ class SegmentTranscriber:
         self._windows.clear()
         self._current = None
         self._outbox.clear()
-        self._answered.set()
+        self._wakeup.set()
 
     # ------------------------------------------------------------------ send
     async def _send(self, conn: ScribeConnection) -> None:
@@ -334,7 +338,8 @@ class SegmentTranscriber:
         chunk_bytes = s.chunk_ms * BYTES_PER_MS
         pcm = self._options.audio_format == "pcm_8000"
         last_commit = -1e9
-        last_send = time.monotonic()
+        self._last_send = time.monotonic()
+        self._flush_due = self._keepalive_due = False
         budget_ms = 1000.0  # pacing allowance, refilled at max_send_speed × real time
         budget_at = time.monotonic()
         session_ms = 0.0
@@ -348,20 +353,19 @@ class SegmentTranscriber:
             if not outbox:
                 if self._closing and not self._windows:
                     return
-                # Nothing to send: wait for more (or, when closing, for the answers), and
-                # keep the session warm meanwhile.
-                event = self._answered if self._closing else self._wakeup
-                event.clear()
-                try:
-                    async with asyncio.timeout(s.keepalive_after_s):
-                        await event.wait()
-                except TimeoutError:
-                    if not outbox and time.monotonic() - last_send >= s.keepalive_after_s:
+                if self._keepalive_due:
+                    self._keepalive_due = False
+                    if time.monotonic() - self._last_send >= s.keepalive_after_s:
                         await conn.send_audio(silence(s.chunk_ms))
                         if open_window is not None and open_window.session_ms is not None:
                             open_window.inserted.append((session_ms, float(s.chunk_ms)))
                         session_ms += s.chunk_ms
-                        last_send = time.monotonic()
+                        self._last_send = time.monotonic()
+                    continue
+                # Nothing to send: wait for more (or, when closing, for the answers); the
+                # ticker keeps the session warm meanwhile.
+                self._wakeup.clear()
+                await self._wakeup.wait()
                 continue
             head = outbox[0]
             if isinstance(head, _Commit):
@@ -373,16 +377,15 @@ class SegmentTranscriber:
                 await conn.commit()
                 if head.window is open_window:
                     open_window = None
-                last_commit = last_send = time.monotonic()
+                last_commit = self._last_send = time.monotonic()
                 continue
-            if not self._closing and not _chunk_ready(outbox, chunk_bytes):
+            if not (self._closing or self._flush_due or _chunk_ready(outbox, chunk_bytes)):
                 self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(2 * s.chunk_ms / 1000.0):
-                        await self._wakeup.wait()
-                if self._wakeup.is_set():
-                    continue  # more arrived: look again
-                # Nothing more for a while (the stream paused): send the short chunk.
+                await self._wakeup.wait()
+                continue
+            # A full chunk, or a short one: before a commit, at the end, or after a pause
+            # in the stream (the ticker's flush).
+            self._flush_due = False
             parts: list[bytes] = []
             size = 0
             while outbox and isinstance(outbox[0], _Chunk) and size < chunk_bytes:
@@ -412,7 +415,24 @@ class SegmentTranscriber:
             budget_ms -= ms
             await conn.send_audio(ulaw_to_pcm16(data) if pcm else data)
             session_ms += ms
-            last_send = time.monotonic()
+            self._last_send = time.monotonic()
+
+    async def _tick(self) -> None:
+        """Wake the sender for what no frame will: a short chunk left waiting by a stream
+        that paused, and keepalive silence. One timer per tick for the call, where a timeout
+        on each of the sender's waits would cost two timers per chunk."""
+        s = self._settings
+        period = min(_TICK_S, s.keepalive_after_s / 2)
+        while True:
+            await asyncio.sleep(period)
+            quiet_s = time.monotonic() - self._last_send
+            if self._outbox:
+                if quiet_s >= period:
+                    self._flush_due = True
+                    self._wakeup.set()
+            elif quiet_s >= s.keepalive_after_s:
+                self._keepalive_due = True
+                self._wakeup.set()
 
     def _rebuild_outbox(self) -> None:
         """On a new connection: send every unanswered window again, then carry on live."""
@@ -531,7 +551,8 @@ class SegmentTranscriber:
         self._retained_ms -= len(window.audio) // BYTES_PER_MS
         if window.segment is not None:
             self._deliver(window, " ".join(t for t in window.texts if t), window.language_code)
-        self._answered.set()
+        if self._closing:
+            self._wakeup.set()  # the sender returns once the last window is answered
 
     def _collect(self, window: _Window, message: CommittedTranscript) -> None:
         text = message.text.strip()

@@ -23,6 +23,7 @@ from types import FrameType
 
 import structlog
 
+from callbridge import event_loop
 from callbridge.config import Settings
 from callbridge.logs import configure_logging
 from callbridge.store.factory import open_store
@@ -38,7 +39,7 @@ def _run_worker(settings: Settings, index: int) -> None:
     configure_logging(settings.logging.format, settings.logging.level)
     structlog.contextvars.bind_contextvars(worker=index)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    asyncio.run(serve(settings))
+    event_loop.run(serve(settings), settings.server.event_loop)
 
 
 async def _migrate(settings: Settings) -> None:

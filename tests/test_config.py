@@ -68,6 +68,7 @@ def test_fixed_environment_names_override_the_file(tmp_path: Path) -> None:
         ({"CALLBRIDGE_PUBLIC_URL": "bridge.example.com"}, "CALLBRIDGE_PUBLIC_URL"),
         ({"CALLBRIDGE_SCRIBE_AUDIO_FORMAT": "mp3"}, "CALLBRIDGE_SCRIBE_AUDIO_FORMAT"),
         ({"CALLBRIDGE_TWILIO_VALIDATE": "maybe"}, "CALLBRIDGE_TWILIO_VALIDATE"),
+        ({"CALLBRIDGE_SERVER_EVENT_LOOP": "tokio"}, "CALLBRIDGE_SERVER_EVENT_LOOP"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], setting: str) -> None:

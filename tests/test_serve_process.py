@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
@@ -160,7 +161,12 @@ async def test_sigterm_during_live_calls_delivers_every_utterance_and_exits_0(
                     break
                 await asyncio.sleep(0.02)
         exit_code = await asyncio.to_thread(proc.wait, 30)
-        assert exit_code == 0, proc.stdout.read().decode() if proc.stdout else ""
+        output = proc.stdout.read().decode() if proc.stdout else ""
+        assert exit_code == 0, output
+        serving = [
+            json.loads(line) for line in output.splitlines() if '"callbridge.serving"' in line
+        ]
+        assert serving and serving[0]["event_loop"] == "uvloop"  # the default, where installed
         for sim, _, task in calls:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

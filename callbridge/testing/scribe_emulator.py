@@ -50,6 +50,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from callbridge import event_loop
 from callbridge.testing.speech import DetectedWord, Pcm16, detect_words, ulaw_to_pcm16
 
 REALTIME_PATH = "/v1/speech-to-text/realtime"
@@ -729,7 +730,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transcriber", choices=["duration", "tones"], default="duration")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
+        event_loop.run(_serve(args), "auto")
 
 
 if __name__ == "__main__":
