@@ -84,6 +84,7 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
+from callbridge import event_loop
 from callbridge.models import Track
 from callbridge.testing.speech import build_track, pcm16_to_ulaw, synth_utterance, ulaw_to_pcm16
 
@@ -595,6 +596,10 @@ async def run_phase(phase: Phase) -> dict[str, Any]:
         env = base_env()
         command = [sys.executable, str(HERE), "_relay", "--port", str(port)]
         command += ["--scribe-url", endpoints["scribe_url"]]
+        # The same event loop as the bridge, so that the ratio compares like with like.
+        loops = [v for k, _, v in (e.partition("=") for e in args.server_env)
+                 if k == "CALLBRIDGE_SERVER_EVENT_LOOP"]  # fmt: skip
+        command += ["--event-loop", loops[-1] if loops else "auto"]
     server = spawn(command, log=log_path, env=env, cwd=phase.workdir)
     pin(server.pid, server_cpus)
     profiler: subprocess.Popen[bytes] | None = None
@@ -1208,16 +1213,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "_fixtures":
         sub = argparse.ArgumentParser()
         sub.add_argument("--partials-ms", type=int, default=0)
-        asyncio.run(_fixtures(sub.parse_args(argv[1:])))
+        event_loop.run(_fixtures(sub.parse_args(argv[1:])), "auto")
         return 0
     if argv and argv[0] == "_relay":
         sub = argparse.ArgumentParser()
         sub.add_argument("--port", type=int, required=True)
         sub.add_argument("--scribe-url", required=True)
-        asyncio.run(_relay(sub.parse_args(argv[1:])))
+        sub.add_argument("--event-loop", default="auto")
+        relay_args = sub.parse_args(argv[1:])
+        event_loop.run(_relay(relay_args), relay_args.event_loop)
         return 0
     args = parse_args(argv)
-    report = asyncio.run(run(args))
+    report = event_loop.run(run(args), "auto")  # the generator: as cheap as it can be
     print()
     print(format_table(report["results"]))
     for line in rounds_lines(report["results"]):
