@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 from types import TracebackType
 from typing import Any
 
+import orjson
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -151,7 +151,7 @@ class ScribeConnection:
         if self._closing:
             raise ScribeError(CLOSED, "the connection was closed by the client", retryable=False)
         try:
-            await self._ws.send(json.dumps(payload, separators=(",", ":")))
+            await self._ws.send(orjson.dumps(payload).decode())
         except ConnectionClosed:
             raise self._closed_error() from None
         self._messages_sent += 1
