@@ -55,8 +55,10 @@ Method (also printed with the results):
 
 The relay (``python benchmarks/load.py _relay``) parses each Twilio JSON message and forwards
 each frame's base64 payload, as is, as one ``input_audio_chunk`` (both tracks, one Scribe
-websocket per call, a ``websockets`` client without compression as in the bridge): no VAD,
-no batching, no storage, no webhooks.
+websocket per call, a ``websockets`` client without compression as in the bridge), with the
+bridge's JSON library (``orjson``) and event loop (``--server-env
+CALLBRIDGE_SERVER_EVENT_LOOP=...`` applies to both): no VAD, no batching, no storage, no
+webhooks.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import orjson
 from aiohttp import web
 
 from callbridge import event_loop
@@ -425,7 +428,7 @@ async def _relay(args: argparse.Namespace) -> None:
             async for message in ws:
                 if message.type is not aiohttp.WSMsgType.TEXT:
                     break
-                event = json.loads(message.data)
+                event = orjson.loads(message.data)
                 kind = event.get("event")
                 if kind == "media":
                     if upstream is not None:
@@ -435,7 +438,7 @@ async def _relay(args: argparse.Namespace) -> None:
                             "commit": False,
                             "sample_rate": 8000,
                         }
-                        await upstream.send(json.dumps(chunk, separators=(",", ":")))
+                        await upstream.send(orjson.dumps(chunk).decode())
                 elif kind == "start":
                     upstream = await connect(
                         scribe_url, additional_headers={"xi-api-key": API_KEY}, compression=None
