@@ -10,6 +10,7 @@ in-flight requests, and the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -141,12 +142,18 @@ async def serve(settings: Settings, *, sock: socket.socket | None = None) -> Non
                 reuse_port=settings.server.workers > 1,
             )
         await site.start()
+        # Everything allocated so far (modules, settings, the app) lives as long as the
+        # process: keep it out of the cyclic collector's full passes, which otherwise pause
+        # the event loop for 30-70 ms at 200 calls (9-25 ms frozen; benchmarks/load.py).
+        gc.collect()
+        gc.freeze()
         log.info(
             "callbridge.serving",
             host=settings.server.host,
             port=settings.server.port,
             public_url=settings.server.public_url,
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+            frozen_objects=gc.get_freeze_count(),
             settings=redacted(settings),
         )
         warn_about_settings(settings)

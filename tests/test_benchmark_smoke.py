@@ -109,3 +109,25 @@ def test_load_benchmark_rounds_report_rss_per_round(tmp_path: Path) -> None:
         flatness = data["rss_flatness"]
         assert flatness["peak_spread_pct"] is not None and flatness["peak_spread_pct"] >= 0
         assert flatness["settled_spread_pct"] is not None and flatness["settled_spread_pct"] >= 0
+
+
+def test_pipeline_benchmark_reports_both_systems_and_their_ratio(tmp_path: Path) -> None:
+    out = tmp_path / "pipeline.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--calls", "2"]
+    result = subprocess.run(
+        [*command, "--repeats", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    for label in ("bridge", "relay", "ratio", "µs"):
+        assert label in result.stdout
+    figures = json.loads(out.read_text())
+    assert figures["calls"] == 2
+    bridge, relay = figures["us_per_frame"]["bridge"], figures["us_per_frame"]["relay"]
+    assert len(bridge) == len(relay) == 1 and bridge[0] > 0 and relay[0] > 0
+    assert figures["ratio"] == pytest.approx(bridge[0] / relay[0])
+    # every commit of the bridge run was answered and delivered (the run asserts it too)
+    assert "no committed segment" not in result.stderr
