@@ -626,3 +626,56 @@ async def test_previous_text_leads_a_new_connection_even_when_keepalive_comes_fi
     assert len(delivered) == 2 and delivered[0] == f"bytes{5 * FRAME_BYTES}"
     assert delivered[1].startswith("bytes")  # answered, not given up on
     assert transcriber.degraded is None
+
+
+# ------------------------------------------------------- units: the sender's wake-up rules
+
+
+async def live_transcriber(
+    settings: TranscriberSettings,
+) -> tuple[SegmentTranscriber, FakeConnection]:
+    connections: list[FakeConnection] = []
+
+    async def connect(_: ScribeOptions) -> Any:
+        conn = FakeConnection()
+        connections.append(conn)
+        return conn
+
+    transcriber = SegmentTranscriber(options(), settings, lambda *_: None, connect=connect)
+    transcriber.start()
+    await asyncio.sleep(0.02)  # connected
+    assert len(connections) == 1
+    return transcriber, connections[0]
+
+
+async def test_full_chunks_go_at_once_and_a_paused_streams_tail_within_a_tick() -> None:
+    transcriber, conn = await live_transcriber(
+        TranscriberSettings(chunk_ms=100, keepalive_after_s=10.0)
+    )
+    seg = segment(1, 0)
+    for _ in range(5):  # one full 100 ms chunk
+        transcriber.audio(b"\x11" * FRAME_BYTES, seg)
+    await asyncio.sleep(0.01)
+    assert [(kind, len(audio)) for kind, audio, _ in conn.sent] == [("audio", 5 * FRAME_BYTES)]
+    for _ in range(3):  # 60 ms, then the stream pauses mid-chunk
+        transcriber.audio(b"\x22" * FRAME_BYTES, seg)
+    await asyncio.sleep(0.1)
+    assert len(conn.sent) == 1  # a short chunk waits for the rest of its frames...
+    await asyncio.sleep(0.45)
+    assert conn.sent[1] == ("audio", b"\x22" * 3 * FRAME_BYTES, None)  # ...but not forever
+    transcriber.commit(seg)
+    await transcriber.drain(2.0)
+    assert [kind for kind, _, _ in conn.sent] == ["audio", "audio", "commit"]
+
+
+async def test_keepalive_silence_only_after_the_session_is_quiet_for_the_set_time() -> None:
+    transcriber, conn = await live_transcriber(
+        TranscriberSettings(chunk_ms=100, keepalive_after_s=0.3)
+    )
+    await asyncio.sleep(0.2)
+    assert conn.sent == []  # not quiet long enough yet
+    await asyncio.sleep(0.35)
+    assert conn.sent and conn.sent[0][0] == "audio" and set(conn.sent[0][1]) == {0xFF}
+    keepalives = len(conn.sent)
+    assert keepalives <= 2  # one per quiet period, not a stream of silence
+    await transcriber.drain(1.0)
