@@ -49,8 +49,10 @@ Method (also printed with the results):
   times in a row, each round a fresh set of N calls (new call SIDs) of the same shape; before
   the next round the server must report 0 live calls and (bridge) every ``call.ended`` webhook
   must have arrived. Per round: peak ``VmRSS`` during the calls and ``VmRSS`` once settled
-  (1 s after that); spread = (max − min) / min over the rounds (no leak: ≤ 5 %). Every other
-  figure is from round 1 alone: the emulator's data are dumped before round 2 starts.
+  (1 s after that); spread = (max − min) / min over the rounds (no leak: ≤ 5 %), leaving out
+  the first ``--warmup-rounds W`` (the allocator's pools and the store's caches grow over the
+  first rounds, then stay). Every other figure is from round 1 alone: the emulator's data are
+  dumped before round 2 starts.
 * Neither server compresses its Scribe websocket (``compression=None``, no permessage-deflate).
 
 The relay (``python benchmarks/load.py _relay``) parses each Twilio JSON message and forwards
@@ -633,9 +635,13 @@ async def run_phase(phase: Phase) -> dict[str, Any]:
                     await _settle(again, http, base, endpoints["http"], ended)
                     rounds.append(await _round_rss(number, measured, server.pid, again))
                 result["rounds"] = rounds
+                measured_rounds = rounds[args.warmup_rounds :]
                 result["rss_flatness"] = {
-                    "peak_spread_pct": spread_pct([r["peak_rss_kb"] for r in rounds]),
-                    "settled_spread_pct": spread_pct([r["settled_rss_kb"] for r in rounds]),
+                    "warmup_rounds": args.warmup_rounds,
+                    "peak_spread_pct": spread_pct([r["peak_rss_kb"] for r in measured_rounds]),
+                    "settled_spread_pct": spread_pct(
+                        [r["settled_rss_kb"] for r in measured_rounds]
+                    ),
                 }
     finally:
         if profiler is not None:
@@ -1035,9 +1041,11 @@ def rounds_lines(results: list[dict[str, Any]]) -> list[str]:
             flat = entry[system]["rss_flatness"]
             peaks = " / ".join(f"{r['peak_rss_kb'] / 1024:.1f}" for r in rounds)
             settled = " / ".join(f"{r['settled_rss_kb'] / 1024:.1f}" for r in rounds)
+            warmup = flat.get("warmup_rounds", 0)
+            over = f" over rounds {warmup + 1}-{len(rounds)}" if warmup else ""
             out.append(
                 f"rss over {len(rounds)} rounds ({system}, N={entry['calls']}): peak {peaks} MB, "
-                f"settled {settled} MB; spread {_pct(flat['peak_spread_pct'])} "
+                f"settled {settled} MB; spread{over} {_pct(flat['peak_spread_pct'])} "
                 f"(settled {_pct(flat['settled_spread_pct'])}; "
                 f"≤ 5%: {_flat(flat['peak_spread_pct'])})"
             )
@@ -1067,8 +1075,11 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
         ]
         if bridge.get("rounds"):
             flat = bridge["rss_flatness"]
+            warmup = flat.get("warmup_rounds", 0)
+            measured = len(bridge["rounds"]) - warmup
+            after = f" after {warmup} warm-up" if warmup else ""
             verdict.append(
-                f"RSS flat ±5% over {len(bridge['rounds'])} rounds: "
+                f"RSS flat ±5% over {measured} rounds{after}: "
                 f"{_flat(flat['peak_spread_pct'])} (peak spread {_pct(flat['peak_spread_pct'])}, "
                 f"settled {_pct(flat['settled_spread_pct'])})"
             )
@@ -1196,6 +1207,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--rounds", type=int, default=1,
         help="run the N calls R times on the same server: RSS per round, no leak (1)",
     )  # fmt: skip
+    parser.add_argument(
+        "--warmup-rounds", type=int, default=0, metavar="W",
+        help="with --rounds: leave the first W rounds out of the RSS spread (0)",
+    )  # fmt: skip
     parser.add_argument("--keep", metavar="DIR", default=None, help="keep logs, DBs and dumps")
     args = parser.parse_args(argv)
     args.calls = [int(c) for c in str(args.calls).split(",") if c.strip()]
@@ -1204,6 +1219,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--calls: between 1 and {MAX_CALLS} each")
     if any(s not in ("bridge", "relay") for s in args.systems):
         parser.error("--systems: bridge and/or relay")
+    if not 0 <= args.warmup_rounds <= args.rounds - 2 and args.warmup_rounds:
+        parser.error("--warmup-rounds: leave at least two rounds to compare")
     if not 1 <= args.rounds <= 100:
         parser.error("--rounds: between 1 and 100")
     if not 2 <= args.duration <= 3600 or args.stagger < 0 or args.stagger >= args.duration / 2:

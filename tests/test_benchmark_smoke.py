@@ -79,9 +79,10 @@ def test_load_benchmark_prints_every_figure_and_writes_json(tmp_path: Path) -> N
 def test_load_benchmark_rounds_report_rss_per_round(tmp_path: Path) -> None:
     out = tmp_path / "load.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBRIDGE_", "TWILIO_"))}
-    command = [sys.executable, str(ROOT / "benchmarks" / "load.py")]
+    command = [sys.executable, str(ROOT / "benchmarks" / "load.py"), "--systems", "bridge"]
+    command += ["--calls", "2", "--duration", "3", "--rounds", "3", "--warmup-rounds", "1"]
     result = subprocess.run(
-        [*command, "--calls", "2", "--duration", "3", "--rounds", "2", "--json", str(out)],
+        [*command, "--json", str(out)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -89,26 +90,28 @@ def test_load_benchmark_rounds_report_rss_per_round(tmp_path: Path) -> None:
         timeout=220,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for system in ("bridge", "relay"):
-        assert f"rss over 2 rounds ({system}, N=2): peak " in result.stdout, system
-    assert "RSS flat ±5% over 2 rounds: " in result.stdout
+    assert "rss over 3 rounds (bridge, N=2): peak " in result.stdout
+    assert "spread over rounds 2-3 " in result.stdout
+    assert "RSS flat ±5% over 2 rounds after 1 warm-up: " in result.stdout
     report = json.loads(out.read_text())
-    assert report["meta"]["rounds"] == 2
+    assert report["meta"]["rounds"] == 3
     [entry] = report["results"]
-    for system in ("bridge", "relay"):
-        data = entry[system]
-        assert data["server_exit_code"] == 0
-        # round 1 alone is analysed: later rounds' frames must not leak into it
-        assert data["frames"]["sent"] == 2 * 2 * 150
-        rounds = data["rounds"]
-        assert [r["round"] for r in rounds] == [1, 2]
-        for entry_round in rounds:
-            assert entry_round["peak_rss_kb"] > 0 and entry_round["settled_rss_kb"] > 0
-            assert entry_round["failed_calls"] == 0
-        assert rounds[0]["peak_rss_kb"] == data["rss"]["peak_kb"]
-        flatness = data["rss_flatness"]
-        assert flatness["peak_spread_pct"] is not None and flatness["peak_spread_pct"] >= 0
-        assert flatness["settled_spread_pct"] is not None and flatness["settled_spread_pct"] >= 0
+    data = entry["bridge"]
+    assert data["server_exit_code"] == 0
+    # round 1 alone is analysed: later rounds' frames must not leak into it
+    assert data["frames"]["sent"] == 2 * 2 * 150
+    rounds = data["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    for entry_round in rounds:
+        assert entry_round["peak_rss_kb"] > 0 and entry_round["settled_rss_kb"] > 0
+        assert entry_round["failed_calls"] == 0
+    assert rounds[0]["peak_rss_kb"] == data["rss"]["peak_kb"]
+    flatness = data["rss_flatness"]
+    assert flatness["warmup_rounds"] == 1
+    peaks = [r["peak_rss_kb"] for r in rounds[1:]]  # the warm-up round is left out
+    expected = 100 * (max(peaks) - min(peaks)) / min(peaks)
+    assert flatness["peak_spread_pct"] == pytest.approx(expected, abs=0.01)
+    assert flatness["settled_spread_pct"] is not None and flatness["settled_spread_pct"] >= 0
 
 
 def test_pipeline_benchmark_reports_both_systems_and_their_ratio(tmp_path: Path) -> None:
