@@ -134,3 +134,18 @@ def test_pipeline_benchmark_reports_both_systems_and_their_ratio(tmp_path: Path)
     assert figures["ratio"] == pytest.approx(bridge[0] / relay[0])
     # every commit of the bridge run was answered and delivered (the run asserts it too)
     assert "no committed segment" not in result.stderr
+
+
+def test_webhook_benchmark_delivers_every_event_signed(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "benchmarks" / "webhooks.py"), "--calls", "3"]
+    result = subprocess.run(
+        [*command, "--segments", "4", "--rate", "20", "--seconds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "throughput: 18 events (3 calls × 6) delivered" in result.stdout
+    assert "invalid signatures: 0" in result.stdout
+    assert "latency: 20 segments" in result.stdout and "commit → POST arrival: p50" in result.stdout
