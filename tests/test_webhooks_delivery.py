@@ -21,7 +21,7 @@ from standardwebhooks import Webhook
 
 from callbridge.config import WebhookSettings
 from callbridge.models import CallEnded, CallInfo, CommittedSegment, EndReason, Track
-from callbridge.store.base import DurableStore
+from callbridge.store.base import Delivery, DurableStore
 from callbridge.store.factory import open_store
 from callbridge.testing.webhook_receiver import ReceivedRequest, Reply, WebhookReceiver
 from callbridge.webhooks.dispatcher import WebhookDispatcher
@@ -389,3 +389,41 @@ async def test_a_failing_summary_still_ends_the_call(stack: AsyncExitStack, tmp_
     assert request.data["summary"]["error"] == "summary_failed"
     record = await harness.store.get_call("CA1")
     assert record is not None and record.summary is not None
+
+
+async def test_healthy_deliveries_are_leased_in_the_writes_not_by_claim_queries(
+    stack: AsyncExitStack, tmp_path: Path
+) -> None:
+    """A committed segment's delivery is leased inside the write that stores it (or inside
+    the write that finishes the call's previous delivery), so no claim query is needed."""
+    receiver = WebhookReceiver(secret=SECRET)
+    harness = await make_harness(stack, tmp_path, [receiver])
+    queried: list[Delivery] = []
+    claim = harness.store.claim_deliveries
+
+    async def counting_claim(*args: Any, **kwargs: Any) -> list[Delivery]:
+        found = await claim(*args, **kwargs)
+        queried.extend(found)
+        return found
+
+    harness.store.claim_deliveries = counting_claim  # type: ignore[method-assign]
+    await asyncio.gather(*(harness.run_call(f"CA{n}", 3) for n in range(5)))
+    await receiver.wait_for(25, timeout=5)
+    for n in range(5):
+        calls = [r for r in receiver.requests if r.data["call_sid"] == f"CA{n}"]
+        assert sequences(calls) == expected_sequence(3)
+    assert queried == []  # every one of the 25 was leased by a write
+    assert len({r.webhook_id for r in receiver.requests}) == 25 == len(receiver.requests)
+
+
+async def test_deliveries_leased_while_every_slot_is_busy_wait_their_turn(
+    stack: AsyncExitStack, tmp_path: Path
+) -> None:
+    receiver = WebhookReceiver(secret=SECRET, default=Reply(200, delay_s=0.05))
+    harness = await make_harness(stack, tmp_path, [receiver], max_in_flight=2)
+    await asyncio.gather(*(harness.run_call(f"CA{n}", 2) for n in range(6)))
+    await receiver.wait_for(24, timeout=10)
+    assert receiver.max_concurrent <= 2
+    for n in range(6):
+        calls = [r for r in receiver.requests if r.data["call_sid"] == f"CA{n}"]
+        assert sequences(calls) == expected_sequence(2)

@@ -12,7 +12,7 @@ import base64
 import binascii
 import enum
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -129,6 +129,45 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class WriteClaims:
+    """A dispatcher's standing claim on deliveries that become claimable inside a write.
+
+    A delivery becomes claimable when its event is stored with nothing unfinished before it
+    for its call and target, or when the one before it finishes. With write claims set,
+    the store leases such a delivery to ``owner`` inside that same transaction and, after
+    the commit, hands it to ``accept``. That saves a claim round trip and a few event-loop
+    turns between a committed segment and its webhook POST. ``claim_deliveries`` still
+    finds everything else (retries, leftovers, expired leases).
+
+    ``wants(target)`` may run on the store's own thread and must only read;
+    ``accept(deliveries)`` runs on the event loop.
+    """
+
+    owner: str
+    lease_s: float
+    wants: Callable[[str], bool]
+    accept: Callable[[list[Delivery]], None]
+
+
+class ClaimsInWrite:
+    """The deliveries one write transaction leased under :class:`WriteClaims`."""
+
+    __slots__ = ("claims", "deliveries")
+
+    def __init__(self, claims: WriteClaims | None) -> None:
+        self.claims = claims
+        self.deliveries: list[Delivery] = []
+
+    def wants(self, target: str) -> bool:
+        return self.claims is not None and self.claims.wants(target)
+
+    def hand_over(self) -> None:
+        """After the commit: give the leased deliveries to the dispatcher."""
+        if self.claims is not None and self.deliveries:
+            self.claims.accept(self.deliveries)
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryCounts:
     pending: int
     delivered: int
@@ -162,6 +201,10 @@ class OutboxStore(Protocol):
 
     async def release_claims(self, owner: str) -> int:
         """Give up every lease ``owner`` holds (a dispatcher stopping with work in flight)."""
+
+    def claim_on_write(self, claims: WriteClaims | None) -> None:
+        """Lease newly claimable deliveries inside the writes that create them (see
+        :class:`WriteClaims`); None stops it. Writes already running may still hand over."""
 
     async def delivery_counts(self) -> DeliveryCounts: ...
 

@@ -24,11 +24,13 @@ from callbridge.models import CallEnded, CallInfo, CommittedSegment, utc_now
 from callbridge.store.base import (
     CallRecord,
     CallStatus,
+    ClaimsInWrite,
     Delivery,
     DeliveryCounts,
     DeliveryStatus,
     OutboxEvent,
     StoreError,
+    WriteClaims,
     decode_cursor,
     encode_cursor,
     from_micros,
@@ -50,6 +52,19 @@ _CALL_LOCK_SPACE = 0x43425F43  # ("CB_C", hashtext(call_sid)): a call's delivery
 
 
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+
+def _delivery(row: asyncpg.Record) -> Delivery:
+    return Delivery(
+        delivery_id=row["delivery_id"],
+        event_id=row["event_id"],
+        call_sid=row["call_sid"],
+        event_type=row["event_type"],
+        target=row["target"],
+        body=bytes(row["body"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+    )
 
 
 def redact_url(url: str) -> str:
@@ -85,6 +100,7 @@ class PostgresStore:
         self._connect_timeout_s = connect_timeout_s
         self._clock = clock
         self._pool: asyncpg.Pool | None = None
+        self._claims: WriteClaims | None = None
 
     @property
     def webhook_targets(self) -> tuple[str, ...]:
@@ -106,6 +122,44 @@ class PostgresStore:
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
         async with self._connection() as conn, conn.transaction():
             yield conn
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[tuple[asyncpg.Connection, ClaimsInWrite]]:
+        """A transaction that may lease deliveries under write claims; handed over after
+        the commit (a rollback leases nothing)."""
+        claims = ClaimsInWrite(self._claims)
+        async with self._transaction() as conn:
+            yield conn, claims
+        claims.hand_over()
+
+    def claim_on_write(self, claims: WriteClaims | None) -> None:
+        self._claims = claims
+
+    async def _claim_new_head(
+        self,
+        conn: asyncpg.Connection,
+        claims: ClaimsInWrite,
+        delivery_id: int,
+        target: str,
+        now: datetime,
+    ) -> None:
+        """Inside a write: lease a delivery that just became its call's head, if wanted."""
+        if claims.claims is None or not claims.wants(target):
+            return
+        row = await conn.fetchrow(
+            "UPDATE deliveries d SET lease_owner = $2, lease_expires_at = $3 FROM events e "
+            "WHERE d.delivery_id = $1 AND e.event_id = d.event_id AND d.status = 'pending' "
+            "AND d.is_head AND d.next_attempt_at <= $4 "
+            "AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $4) "
+            "RETURNING d.delivery_id, d.event_id, d.call_sid, e.event_type, d.target, e.body, "
+            "d.attempts, e.created_at",
+            delivery_id,
+            claims.claims.owner,
+            now + timedelta(seconds=claims.claims.lease_s),
+            now,
+        )
+        if row is not None:
+            claims.deliveries.append(_delivery(row))
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -165,7 +219,11 @@ class PostgresStore:
     # the outbox, inside the caller's transaction --------------------------------------------
 
     async def _enqueue(
-        self, conn: asyncpg.Connection, events: Sequence[OutboxEvent], now: datetime
+        self,
+        conn: asyncpg.Connection,
+        events: Sequence[OutboxEvent],
+        now: datetime,
+        claims: ClaimsInWrite,
     ) -> None:
         if not self._targets or not events:
             return
@@ -187,16 +245,18 @@ class PostgresStore:
             if inserted is None:
                 continue
             for target in self._targets:
-                await conn.execute(
+                row = await conn.fetchrow(
                     "INSERT INTO deliveries (event_id, call_sid, target, status, is_head, "
                     "next_attempt_at, created_at) VALUES ($1, $2, $3, 'pending', "
                     "NOT EXISTS (SELECT 1 FROM deliveries WHERE call_sid = $2 AND target = $3 "
-                    "AND status = 'pending'), $4, $4)",
+                    "AND status = 'pending'), $4, $4) RETURNING delivery_id, is_head",
                     event.event_id,
                     event.call_sid,
                     target,
                     now,
                 )
+                if row["is_head"]:
+                    await self._claim_new_head(conn, claims, row["delivery_id"], target, now)
 
     # calls and segments -------------------------------------------------------------------
 
@@ -220,7 +280,7 @@ class PostgresStore:
 
     async def call_started(self, call: CallInfo, events: Sequence[OutboxEvent]) -> None:
         now = self._clock()
-        async with self._transaction() as conn:
+        async with self._write() as (conn, claims):
             row = await conn.fetchrow(
                 "SELECT stream_sid, started_at FROM calls WHERE call_sid = $1 FOR UPDATE",
                 call.call_sid,
@@ -253,13 +313,13 @@ class PostgresStore:
                 now,
                 call.started_at,
             )
-            await self._enqueue(conn, events, now)
+            await self._enqueue(conn, events, now, claims)
 
     async def segment_committed(
         self, segment: CommittedSegment, events: Sequence[OutboxEvent]
     ) -> None:
         now = self._clock()
-        async with self._transaction() as conn:
+        async with self._write() as (conn, claims):
             inserted = await conn.fetchval(
                 "INSERT INTO segments (call_sid, sequence, stream_sid, speaker, track, text, "
                 "words, start_ms, end_ms, language, committed_at) "
@@ -293,13 +353,13 @@ class PostgresStore:
                 now,
                 segment.language_code,
             )
-            await self._enqueue(conn, events, now)
+            await self._enqueue(conn, events, now, claims)
 
     async def call_ended(
         self, ended: CallEnded, summary: Mapping[str, Any], events: Sequence[OutboxEvent]
     ) -> None:
         now = self._clock()
-        async with self._transaction() as conn:
+        async with self._write() as (conn, claims):
             status = await conn.fetchval(
                 "SELECT status FROM calls WHERE call_sid = $1 FOR UPDATE", ended.call_sid
             )
@@ -327,7 +387,7 @@ class PostgresStore:
                 ended.degraded,
                 dict(summary),
             )
-            await self._enqueue(conn, events, now)
+            await self._enqueue(conn, events, now, claims)
 
     async def twilio_status(self, call_sid: str, status: str, duration_s: int | None) -> None:
         async with self._connection() as conn:
@@ -422,22 +482,11 @@ class PostgresStore:
         async with self._connection() as conn:
             rows = await conn.fetch(query, *args)
         rows = sorted(rows, key=lambda row: (row["next_attempt_at"], row["delivery_id"]))
-        return [
-            Delivery(
-                delivery_id=row["delivery_id"],
-                event_id=row["event_id"],
-                call_sid=row["call_sid"],
-                event_type=row["event_type"],
-                target=row["target"],
-                body=bytes(row["body"]),
-                attempts=row["attempts"],
-                created_at=row["created_at"],
-            )
-            for row in rows
-        ]
+        return [_delivery(row) for row in rows]
 
     async def _finish(self, delivery_id: int, owner: str, status: str, error: str | None) -> bool:
-        async with self._transaction() as conn:
+        now = self._clock()
+        async with self._write() as (conn, claims):
             call_sid = await conn.fetchval(
                 "SELECT call_sid FROM deliveries WHERE delivery_id = $1", delivery_id
             )
@@ -456,16 +505,19 @@ class PostgresStore:
                 owner,
                 status,
                 error,
-                self._clock(),
+                now,
             )
             if row is None:
                 return False
-            await conn.execute(
+            successor = await conn.fetchval(
                 "UPDATE deliveries SET is_head = TRUE WHERE delivery_id = (SELECT min(delivery_id) "
-                "FROM deliveries WHERE call_sid = $1 AND target = $2 AND status = 'pending')",
+                "FROM deliveries WHERE call_sid = $1 AND target = $2 AND status = 'pending') "
+                "RETURNING delivery_id",
                 row["call_sid"],
                 row["target"],
             )
+            if successor is not None:
+                await self._claim_new_head(conn, claims, successor, row["target"], now)
         return True
 
     async def mark_delivered(self, delivery_id: int, owner: str) -> bool:

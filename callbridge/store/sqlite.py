@@ -25,11 +25,13 @@ from callbridge.models import CallEnded, CallInfo, CommittedSegment, utc_now
 from callbridge.store.base import (
     CallRecord,
     CallStatus,
+    ClaimsInWrite,
     Delivery,
     DeliveryCounts,
     DeliveryStatus,
     OutboxEvent,
     StoreError,
+    WriteClaims,
     decode_cursor,
     encode_cursor,
     from_micros,
@@ -91,6 +93,8 @@ class SqliteStore:
         self._clock = clock
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._claims: WriteClaims | None = None
+        self._in_write: ClaimsInWrite | None = None  # the running write's; store thread only
 
     @property
     def webhook_targets(self) -> tuple[str, ...]:
@@ -112,17 +116,72 @@ class SqliteStore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        def transaction(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+        claims = ClaimsInWrite(self._claims)
 
-        return await self._run(transaction)
+        def transaction(conn: sqlite3.Connection) -> T:
+            self._in_write = claims
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    claims.deliveries.clear()  # rolled back: nothing was leased
+                    raise
+                conn.execute("COMMIT")
+                return result
+            finally:
+                self._in_write = None
+
+        result = await self._run(transaction)
+        claims.hand_over()
+        return result
+
+    def claim_on_write(self, claims: WriteClaims | None) -> None:
+        self._claims = claims
+
+    def _claim_new_head(
+        self, conn: sqlite3.Connection, delivery_id: int, target: str, now: int
+    ) -> None:
+        """Inside a write: lease a delivery that just became its call's head, if wanted."""
+        claims = self._in_write
+        if claims is None or claims.claims is None or not claims.wants(target):
+            return
+        expires = now + int(claims.claims.lease_s * 1_000_000)
+        row = conn.execute(
+            "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? "
+            "WHERE delivery_id = ? AND status = 'pending' AND is_head = 1 "
+            "AND next_attempt_at <= ? AND (lease_expires_at IS NULL OR lease_expires_at <= ?) "
+            "RETURNING delivery_id",
+            (claims.claims.owner, expires, delivery_id, now, now),
+        ).fetchone()
+        if row is not None:
+            claims.deliveries.extend(self._deliveries(conn, [delivery_id]))
+
+    @staticmethod
+    def _deliveries(conn: sqlite3.Connection, ids: Sequence[int]) -> list[Delivery]:
+        marks = ",".join("?" * len(ids))
+        rows = conn.execute(
+            "SELECT d.delivery_id, d.event_id, d.call_sid, e.event_type, d.target, "
+            "e.body, d.attempts, e.created_at FROM deliveries d "
+            "JOIN events e ON e.event_id = d.event_id "
+            f"WHERE d.delivery_id IN ({marks}) "
+            "ORDER BY d.next_attempt_at, d.delivery_id",
+            list(ids),
+        ).fetchall()
+        return [
+            Delivery(
+                delivery_id=row[0],
+                event_id=row[1],
+                call_sid=row[2],
+                event_type=row[3],
+                target=row[4],
+                body=bytes(row[5]),
+                attempts=row[6],
+                created_at=from_micros(row[7]),
+            )
+            for row in rows
+        ]
 
     def _now_us(self) -> int:
         return to_micros(self._clock())
@@ -216,13 +275,15 @@ class SqliteStore:
             if not inserted:
                 continue
             for target in self._targets:
-                conn.execute(
+                delivery_id, is_head = conn.execute(
                     "INSERT INTO deliveries (event_id, call_sid, target, status, is_head, "
                     "next_attempt_at, created_at) VALUES (?, ?, ?, 'pending', "
                     "NOT EXISTS (SELECT 1 FROM deliveries WHERE call_sid = ? AND target = ? "
-                    "AND status = 'pending'), ?, ?)",
+                    "AND status = 'pending'), ?, ?) RETURNING delivery_id, is_head",
                     (event.event_id, event.call_sid, target, event.call_sid, target, now, now),
-                )
+                ).fetchone()
+                if is_head:
+                    self._claim_new_head(conn, delivery_id, target, now)
 
     # calls and segments -------------------------------------------------------------------
 
@@ -479,31 +540,12 @@ class SqliteStore:
                     f"WHERE delivery_id IN ({marks})",
                     (owner, expires_us, *ids),
                 )
-                rows = conn.execute(
-                    "SELECT d.delivery_id, d.event_id, d.call_sid, e.event_type, d.target, "
-                    "e.body, d.attempts, e.created_at FROM deliveries d "
-                    "JOIN events e ON e.event_id = d.event_id "
-                    f"WHERE d.delivery_id IN ({marks}) "
-                    "ORDER BY d.next_attempt_at, d.delivery_id",
-                    ids,
-                ).fetchall()
+                deliveries = self._deliveries(conn, ids)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            return [
-                Delivery(
-                    delivery_id=row[0],
-                    event_id=row[1],
-                    call_sid=row[2],
-                    event_type=row[3],
-                    target=row[4],
-                    body=bytes(row[5]),
-                    attempts=row[6],
-                    created_at=from_micros(row[7]),
-                )
-                for row in rows
-            ]
+            return deliveries
 
         return await self._run(work)
 
@@ -521,11 +563,14 @@ class SqliteStore:
             if not rows:
                 return False
             row = rows[0]
-            conn.execute(
+            successor = conn.execute(
                 "UPDATE deliveries SET is_head = 1 WHERE delivery_id = (SELECT min(delivery_id) "
-                "FROM deliveries WHERE call_sid = ? AND target = ? AND status = 'pending')",
+                "FROM deliveries WHERE call_sid = ? AND target = ? AND status = 'pending') "
+                "RETURNING delivery_id",
                 (row["call_sid"], row["target"]),
-            )
+            ).fetchone()
+            if successor is not None:
+                self._claim_new_head(conn, successor[0], row["target"], now)
             return True
 
         return await self._write(work)

@@ -94,6 +94,8 @@ class WebhookReceiver:
         self._script: deque[Reply] = deque()
         self._responder: Responder | None = None
         self.requests: list[ReceivedRequest] = []
+        self.in_progress = 0  # requests being answered right now
+        self.max_concurrent = 0  # the most ever answered at once
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
 
@@ -155,6 +157,14 @@ class WebhookReceiver:
     # recording ------------------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_progress += 1
+        self.max_concurrent = max(self.max_concurrent, self.in_progress)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_progress -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         arrived, arrived_monotonic = time.time(), time.perf_counter()
         try:

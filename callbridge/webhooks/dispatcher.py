@@ -3,9 +3,14 @@
 One :class:`WebhookDispatcher` runs in each server process. Every target has its own worker
 and its own in-flight budget (``max_in_flight``), so a slow or dead target never takes
 slots from a healthy one; the store hands out only the oldest unfinished delivery of each
-(call, target), so one call's events arrive in order while other calls proceed. The worker
-wakes on :meth:`WebhookDispatcher.notify` (new events), when its own retries fall due, and
-every ``poll_interval_s`` (other processes' events, expired leases).
+(call, target), so one call's events arrive in order while other calls proceed.
+
+Most deliveries reach the dispatcher without a claim query: the store leases a delivery
+to it inside the very write that makes it claimable (see
+:class:`~callbridge.store.base.WriteClaims`) and hands it over after the commit. The
+worker's claim query finds the rest. It runs on :meth:`WebhookDispatcher.notify` (new
+events), when its own retries fall due, and every ``poll_interval_s`` (other processes'
+events, expired leases).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import email.utils
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,7 +31,7 @@ import aiohttp
 import structlog
 
 from callbridge.config import WebhookSettings
-from callbridge.store.base import Delivery, OutboxStore
+from callbridge.store.base import Delivery, OutboxStore, WriteClaims
 from callbridge.webhooks.signing import WebhookSigner
 
 log = structlog.get_logger(__name__)
@@ -103,6 +109,8 @@ class _TargetWorker:
     url: str
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+    # leased by a store write while every slot was busy: sent as slots free up
+    ready: deque[Delivery] = field(default_factory=deque)
     timers: set[asyncio.TimerHandle] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
 
@@ -137,8 +145,11 @@ class WebhookDispatcher:
         self._session = session
         self._owns_session = session is None
         self._workers = [_TargetWorker(url) for url in dict.fromkeys(settings.urls)]
+        self._by_url = {worker.url: worker for worker in self._workers}
         self._stopping = False
         self._started = False
+        self._orphaned = False  # leases handed over while stopping: give them back
+        self._releasing: set[asyncio.Task[None]] = set()
         self.stats = DispatcherStats()
 
     @property
@@ -164,6 +175,10 @@ class WebhookDispatcher:
             worker.task = asyncio.create_task(
                 self._run_worker(worker), name=f"webhooks:{target_label(worker.url)}"
             )
+        if self._workers:
+            self._store.claim_on_write(
+                WriteClaims(self.owner, self._lease_s, self._wants, self._accept)
+            )
         log.info(
             "webhooks.started",
             targets=[target_label(worker.url) for worker in self._workers],
@@ -181,6 +196,7 @@ class WebhookDispatcher:
         leave everything else pending in the store for the next start."""
         if not self._started:
             return
+        self._store.claim_on_write(None)
         self._stopping = True
         for worker in self._workers:
             for timer in worker.timers:
@@ -198,6 +214,12 @@ class WebhookDispatcher:
             task.cancel()
         if unfinished:
             await asyncio.gather(*unfinished, return_exceptions=True)
+        if any(worker.ready for worker in self._workers):
+            self._orphaned = True
+        for worker in self._workers:
+            worker.ready.clear()
+        if unfinished or self._orphaned:
+            self._orphaned = False
             with contextlib.suppress(Exception):
                 await self._store.release_claims(self.owner)
         if self._owns_session and self._session is not None:
@@ -206,12 +228,54 @@ class WebhookDispatcher:
         self._started = False
         log.info("webhooks.stopped", abandoned_in_flight=len(unfinished))
 
+    # deliveries leased inside store writes ---------------------------------------------
+
+    def _wants(self, target: str) -> bool:
+        """Whether a store write may lease a delivery for ``target`` to this dispatcher.
+        May run on the store's thread: it only reads."""
+        worker = self._by_url.get(target)
+        return (
+            worker is not None
+            and not self._stopping
+            and len(worker.in_flight) + len(worker.ready) < self._settings.max_in_flight
+        )
+
+    def _accept(self, deliveries: list[Delivery]) -> None:
+        """Deliveries a store write leased to this dispatcher, after its commit."""
+        if not self._started:
+            # Stopped already: nobody will send them, so give the leases back now.
+            task = asyncio.get_running_loop().create_task(self._release_quietly())
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+            return
+        for delivery in deliveries:
+            worker = self._by_url.get(delivery.target)
+            if worker is None or self._stopping:
+                self._orphaned = True
+            else:
+                self._take(worker, delivery)
+
+    async def _release_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._store.release_claims(self.owner)
+
+    def _take(self, worker: _TargetWorker, delivery: Delivery) -> None:
+        """Send a leased delivery now if a slot is free, else as soon as one is."""
+        if len(worker.in_flight) < self._settings.max_in_flight:
+            self._start_delivery(worker, delivery)
+        else:
+            worker.ready.append(delivery)
+
+    def _start_delivery(self, worker: _TargetWorker, delivery: Delivery) -> None:
+        task = asyncio.create_task(self._deliver(worker, delivery))
+        worker.in_flight.add(task)
+
     # the per-target loop ------------------------------------------------------------------
 
     async def _run_worker(self, worker: _TargetWorker) -> None:
         while not self._stopping:
             worker.wake.clear()
-            free = self._settings.max_in_flight - len(worker.in_flight)
+            free = self._settings.max_in_flight - len(worker.in_flight) - len(worker.ready)
             if free > 0:
                 try:
                     claimed = await self._store.claim_deliveries(
@@ -220,9 +284,8 @@ class WebhookDispatcher:
                 except Exception:
                     log.exception("webhooks.claim_failed", target=target_label(worker.url))
                     claimed = []
-                for delivery in claimed:
-                    task = asyncio.create_task(self._deliver(worker, delivery))
-                    worker.in_flight.add(task)
+                for delivery in claimed:  # slots may have filled while the query ran
+                    self._take(worker, delivery)
             if self._stopping:
                 break
             with contextlib.suppress(TimeoutError):
@@ -246,6 +309,8 @@ class WebhookDispatcher:
             task = asyncio.current_task()
             if task is not None:
                 worker.in_flight.discard(task)
+            if worker.ready and not self._stopping:
+                self._start_delivery(worker, worker.ready.popleft())
             worker.wake.set()
 
     async def _attempt(self, delivery: Delivery) -> AttemptOutcome:
