@@ -383,10 +383,12 @@ async def test_write_claims_lease_each_new_head_inside_the_write_that_makes_it(
         asked.append(target)
         return target == TARGETS[0]  # the other target is "busy": leave it to claim queries
 
-    store.claim_on_write(WriteClaims("me", 30, wants, accepted.extend))
+    refused: list[str] = []
+    store.claim_on_write(WriteClaims("me", 30, wants, accepted.extend, refused.append))
     info = call_info("CA1")
     await store.call_started(info, [call_started_event(info)])
     assert sorted(asked) == sorted(TARGETS)
+    assert refused == [TARGETS[1]]  # told after the commit, so a claim query can find it
     assert [(d.call_sid, d.event_type, d.target) for d in accepted] == [
         ("CA1", "call.started", TARGETS[0])
     ]

@@ -427,3 +427,28 @@ async def test_deliveries_leased_while_every_slot_is_busy_wait_their_turn(
     for n in range(6):
         calls = [r for r in receiver.requests if r.data["call_sid"] == f"CA{n}"]
         assert sequences(calls) == expected_sequence(2)
+
+
+async def test_deliveries_left_to_the_claim_query_never_wait_for_the_poll(
+    stack: AsyncExitStack, tmp_path: Path
+) -> None:
+    """With every slot busy, writes leave deliveries to the claim query. It must run as slots
+    free up, however many are waiting, not on the next poll (made 30 s long here)."""
+    receiver = WebhookReceiver(secret=SECRET, default=Reply(200, delay_s=0.02))
+    await stack.enter_async_context(receiver)
+    store = open_store(f"sqlite:///{tmp_path / 'cb.db'}", webhook_targets=[receiver.url])
+    await store.open()
+    stack.push_async_callback(store.close)
+    settings = WebhookSettings(urls=(receiver.url,), secret=SECRET, max_in_flight=2)
+    dispatcher = WebhookDispatcher(store, settings, poll_interval_s=30.0)
+    await dispatcher.start()
+    stack.push_async_callback(dispatcher.stop, 2.0)
+    harness = Harness(store, dispatcher, StoreSink(store, summarize, dispatcher.notify))
+    started = time.perf_counter()
+    await asyncio.gather(*(harness.run_call(f"CA{n}", 3) for n in range(8)))
+    await receiver.wait_for(40, timeout=10)
+    assert time.perf_counter() - started < 5.0
+    assert receiver.max_concurrent <= 2
+    for n in range(8):
+        calls = [r for r in receiver.requests if r.data["call_sid"] == f"CA{n}"]
+        assert sequences(calls) == expected_sequence(3)

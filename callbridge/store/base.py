@@ -139,32 +139,50 @@ class WriteClaims:
     turns between a committed segment and its webhook POST. ``claim_deliveries`` still
     finds everything else (retries, leftovers, expired leases).
 
-    ``wants(target)`` may run on the store's own thread and must only read;
-    ``accept(deliveries)`` runs on the event loop.
+    ``wants(target)`` may run on the store's own thread: it must be quick and only read.
+    ``accept(deliveries)`` and ``refused(target)`` (a delivery for ``target`` became
+    claimable but ``wants`` said no, so a claim query must find it) run on the event loop
+    after the commit.
     """
 
     owner: str
     lease_s: float
     wants: Callable[[str], bool]
     accept: Callable[[list[Delivery]], None]
+    refused: Callable[[str], None]
 
 
 class ClaimsInWrite:
     """The deliveries one write transaction leased under :class:`WriteClaims`."""
 
-    __slots__ = ("claims", "deliveries")
+    __slots__ = ("claims", "deliveries", "refused")
 
     def __init__(self, claims: WriteClaims | None) -> None:
         self.claims = claims
         self.deliveries: list[Delivery] = []
+        self.refused: set[str] = set()
 
     def wants(self, target: str) -> bool:
-        return self.claims is not None and self.claims.wants(target)
+        if self.claims is None:
+            return False
+        if self.claims.wants(target):
+            return True
+        self.refused.add(target)
+        return False
+
+    def rolled_back(self) -> None:
+        self.deliveries.clear()
+        self.refused.clear()
 
     def hand_over(self) -> None:
-        """After the commit: give the leased deliveries to the dispatcher."""
-        if self.claims is not None and self.deliveries:
+        """After the commit: give the leased deliveries to the dispatcher, and tell it
+        which targets have a claimable delivery it did not take."""
+        if self.claims is None:
+            return
+        if self.deliveries:
             self.claims.accept(self.deliveries)
+        for target in self.refused:
+            self.claims.refused(target)
 
 
 @dataclass(frozen=True, slots=True)

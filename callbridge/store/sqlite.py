@@ -126,7 +126,7 @@ class SqliteStore:
                     result = work(conn)
                 except BaseException:
                     conn.execute("ROLLBACK")
-                    claims.deliveries.clear()  # rolled back: nothing was leased
+                    claims.rolled_back()
                     raise
                 conn.execute("COMMIT")
                 return result

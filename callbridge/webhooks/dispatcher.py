@@ -111,6 +111,9 @@ class _TargetWorker:
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
     # leased by a store write while every slot was busy: sent as slots free up
     ready: deque[Delivery] = field(default_factory=deque)
+    # a store write found every slot busy and left a delivery for the claim query, which
+    # runs once a slot is free
+    refused: bool = False
     timers: set[asyncio.TimerHandle] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
 
@@ -149,6 +152,7 @@ class WebhookDispatcher:
         self._stopping = False
         self._started = False
         self._orphaned = False  # leases handed over while stopping: give them back
+        self._leasing = False  # the store leases new deliveries to us in its writes
         self._releasing: set[asyncio.Task[None]] = set()
         self.stats = DispatcherStats()
 
@@ -177,8 +181,9 @@ class WebhookDispatcher:
             )
         if self._workers:
             self._store.claim_on_write(
-                WriteClaims(self.owner, self._lease_s, self._wants, self._accept)
+                WriteClaims(self.owner, self._lease_s, self._wants, self._accept, self._refused)
             )
+            self._leasing = True
         log.info(
             "webhooks.started",
             targets=[target_label(worker.url) for worker in self._workers],
@@ -187,7 +192,13 @@ class WebhookDispatcher:
         )
 
     def notify(self) -> None:
-        """New events were committed: look for due deliveries now."""
+        """New events were committed: look for due deliveries now.
+
+        While the store leases new deliveries to this dispatcher in its writes, there is
+        nothing for a claim query to find: the writes hand them over, and one a write left
+        behind for want of a free slot is looked for when a slot frees."""
+        if self._leasing:
+            return
         for worker in self._workers:
             worker.wake.set()
 
@@ -197,6 +208,7 @@ class WebhookDispatcher:
         if not self._started:
             return
         self._store.claim_on_write(None)
+        self._leasing = False
         self._stopping = True
         for worker in self._workers:
             for timer in worker.timers:
@@ -240,6 +252,13 @@ class WebhookDispatcher:
             and len(worker.in_flight) + len(worker.ready) < self._settings.max_in_flight
         )
 
+    def _refused(self, target: str) -> None:
+        """After a write's commit: it left a claimable delivery for the claim query."""
+        worker = self._by_url.get(target)
+        if worker is not None:
+            worker.refused = True
+            worker.wake.set()
+
     def _accept(self, deliveries: list[Delivery]) -> None:
         """Deliveries a store write leased to this dispatcher, after its commit."""
         if not self._started:
@@ -277,6 +296,7 @@ class WebhookDispatcher:
             worker.wake.clear()
             free = self._settings.max_in_flight - len(worker.in_flight) - len(worker.ready)
             if free > 0:
+                worker.refused = False  # this query finds what writes left behind
                 try:
                     claimed = await self._store.claim_deliveries(
                         self._now(), free, self.owner, self._lease_s, target=worker.url
@@ -284,6 +304,8 @@ class WebhookDispatcher:
                 except Exception:
                     log.exception("webhooks.claim_failed", target=target_label(worker.url))
                     claimed = []
+                if len(claimed) >= free:
+                    worker.refused = True  # there may be more: look again when a slot frees
                 for delivery in claimed:  # slots may have filled while the query ran
                     self._take(worker, delivery)
             if self._stopping:
@@ -311,7 +333,10 @@ class WebhookDispatcher:
                 worker.in_flight.discard(task)
             if worker.ready and not self._stopping:
                 self._start_delivery(worker, worker.ready.popleft())
-            worker.wake.set()
+            if worker.refused or not self._leasing:
+                # a slot is free: look for what was left to the claim query
+                worker.refused = False
+                worker.wake.set()
 
     async def _attempt(self, delivery: Delivery) -> AttemptOutcome:
         session = self._session
