@@ -36,7 +36,14 @@ from callbridge.store.base import (
     from_micros,
     to_micros,
 )
-from callbridge.store.rows import CALL_COLUMNS, SEGMENT_COLUMNS, call_record, committed_segment
+from callbridge.store.rows import (
+    CALL_COLUMNS,
+    DELIVERY_COLUMNS,
+    SEGMENT_COLUMNS,
+    call_record,
+    committed_segment,
+    delivery,
+)
 from callbridge.store.sqlite import load_migrations
 
 log = structlog.get_logger(__name__)
@@ -52,19 +59,6 @@ _CALL_LOCK_SPACE = 0x43425F43  # ("CB_C", hashtext(call_sid)): a call's delivery
 
 
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
-
-
-def _delivery(row: asyncpg.Record) -> Delivery:
-    return Delivery(
-        delivery_id=row["delivery_id"],
-        event_id=row["event_id"],
-        call_sid=row["call_sid"],
-        event_type=row["event_type"],
-        target=row["target"],
-        body=bytes(row["body"]),
-        attempts=row["attempts"],
-        created_at=row["created_at"],
-    )
 
 
 def redact_url(url: str) -> str:
@@ -151,15 +145,14 @@ class PostgresStore:
             "WHERE d.delivery_id = $1 AND e.event_id = d.event_id AND d.status = 'pending' "
             "AND d.is_head AND d.next_attempt_at <= $4 "
             "AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $4) "
-            "RETURNING d.delivery_id, d.event_id, d.call_sid, e.event_type, d.target, e.body, "
-            "d.attempts, e.created_at",
+            f"RETURNING {DELIVERY_COLUMNS}",
             delivery_id,
             claims.claims.owner,
             now + timedelta(seconds=claims.claims.lease_s),
             now,
         )
         if row is not None:
-            claims.deliveries.append(_delivery(row))
+            claims.deliveries.append(delivery(row, _as_is))
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -473,8 +466,7 @@ class PostgresStore:
             "ORDER BY next_attempt_at, delivery_id LIMIT $2 FOR UPDATE SKIP LOCKED) "
             "UPDATE deliveries d SET lease_owner = $3, lease_expires_at = $4 "
             "FROM picked, events e WHERE d.delivery_id = picked.delivery_id "
-            "AND e.event_id = d.event_id RETURNING d.delivery_id, d.event_id, d.call_sid, "
-            "e.event_type, d.target, e.body, d.attempts, e.created_at, d.next_attempt_at"
+            f"AND e.event_id = d.event_id RETURNING {DELIVERY_COLUMNS}, d.next_attempt_at"
         )
         args: list[Any] = [now, max(0, limit), owner, now + timedelta(seconds=lease_s)]
         if target is not None:
@@ -482,7 +474,7 @@ class PostgresStore:
         async with self._connection() as conn:
             rows = await conn.fetch(query, *args)
         rows = sorted(rows, key=lambda row: (row["next_attempt_at"], row["delivery_id"]))
-        return [_delivery(row) for row in rows]
+        return [delivery(row, _as_is) for row in rows]
 
     async def _finish(self, delivery_id: int, owner: str, status: str, error: str | None) -> bool:
         now = self._clock()

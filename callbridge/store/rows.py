@@ -12,12 +12,17 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from callbridge.models import CommittedSegment, Track, Word
-from callbridge.store.base import CallRecord, CallStatus
+from callbridge.store.base import CallRecord, CallStatus, Delivery
 
 CALL_COLUMNS = (
     "call_sid, status, stream_sid, account_sid, from_number, to_number, tracks, "
     "custom_parameters, created_at, started_at, ended_at, duration_ms, end_reason, "
     "twilio_status, twilio_duration_s, segments, language_code, degraded, summary"
+)
+# From ``deliveries d JOIN events e``: what a claimed delivery carries to the dispatcher.
+DELIVERY_COLUMNS = (
+    "d.delivery_id, d.event_id, d.call_sid, e.event_type, d.target, e.body, d.attempts, "
+    "e.created_at"
 )
 SEGMENT_COLUMNS = (
     "call_sid, sequence, stream_sid, speaker, track, text, words, start_ms, "
@@ -76,4 +81,18 @@ def committed_segment(row: Row, json: DecodeJson, time: DecodeTime) -> Committed
         language_code=row["language"],
         words=tuple(Word.from_json(word) for word in json(row["words"])),
         committed_at=time(row["committed_at"]),
+    )
+
+
+def delivery(row: Row, time: DecodeTime) -> Delivery:
+    """A row of :data:`DELIVERY_COLUMNS` as the dispatcher's :class:`Delivery`."""
+    return Delivery(
+        delivery_id=row["delivery_id"],
+        event_id=row["event_id"],
+        call_sid=row["call_sid"],
+        event_type=row["event_type"],
+        target=row["target"],
+        body=bytes(row["body"]),
+        attempts=row["attempts"],
+        created_at=time(row["created_at"]),
     )

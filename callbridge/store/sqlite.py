@@ -37,7 +37,14 @@ from callbridge.store.base import (
     from_micros,
     to_micros,
 )
-from callbridge.store.rows import CALL_COLUMNS, SEGMENT_COLUMNS, call_record, committed_segment
+from callbridge.store.rows import (
+    CALL_COLUMNS,
+    DELIVERY_COLUMNS,
+    SEGMENT_COLUMNS,
+    call_record,
+    committed_segment,
+    delivery,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -162,26 +169,13 @@ class SqliteStore:
     def _deliveries(conn: sqlite3.Connection, ids: Sequence[int]) -> list[Delivery]:
         marks = ",".join("?" * len(ids))
         rows = conn.execute(
-            "SELECT d.delivery_id, d.event_id, d.call_sid, e.event_type, d.target, "
-            "e.body, d.attempts, e.created_at FROM deliveries d "
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d "
             "JOIN events e ON e.event_id = d.event_id "
             f"WHERE d.delivery_id IN ({marks}) "
             "ORDER BY d.next_attempt_at, d.delivery_id",
             list(ids),
         ).fetchall()
-        return [
-            Delivery(
-                delivery_id=row[0],
-                event_id=row[1],
-                call_sid=row[2],
-                event_type=row[3],
-                target=row[4],
-                body=bytes(row[5]),
-                attempts=row[6],
-                created_at=from_micros(row[7]),
-            )
-            for row in rows
-        ]
+        return [delivery(row, from_micros) for row in rows]
 
     def _now_us(self) -> int:
         return to_micros(self._clock())
