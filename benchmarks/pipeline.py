@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import dataclasses
 import gc
 import json
@@ -45,6 +44,7 @@ from callbridge.scribe.options import ScribeOptions
 from callbridge.session import CallSession, StreamDescription
 from callbridge.simulate import load_call_audio, sample_call_path
 from callbridge.sink import CallEventSink
+from callbridge.testing.twilio_simulator import media_message
 from callbridge.twilio.protocol import MediaFrame, parse_message
 
 FRAME_BYTES = 160
@@ -112,13 +112,9 @@ def twilio_messages(tracks: dict[Track, bytes]) -> list[list[str]]:
     for index in range(length):
         tick = []
         for track, audio in tracks.items():
-            payload = base64.b64encode(audio[index * FRAME_BYTES : (index + 1) * FRAME_BYTES])
+            payload = audio[index * FRAME_BYTES : (index + 1) * FRAME_BYTES]
             sequence += 1
-            tick.append(
-                f'{{"event":"media","sequenceNumber":"{sequence}","media":{{"track":'
-                f'"{track.value}","chunk":"{index + 1}","timestamp":"{index * 20}",'
-                f'"payload":"{payload.decode()}"}},"streamSid":"MZbench"}}'
-            )
+            tick.append(media_message(sequence, track, index + 1, index * 20, payload, "MZbench"))
         ticks.append(tick)
     return ticks
 
