@@ -42,19 +42,27 @@ SYSTEM_KEYS = {
 
 
 @pytest.mark.timeout(240)
-def test_load_benchmark_prints_every_figure_and_writes_json(tmp_path: Path) -> None:
-    out = tmp_path / "load.json"
+def run_benchmark(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``benchmarks/<script>`` as a user runs it, without this shell's bridge settings;
+    it must exit 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBRIDGE_", "TWILIO_"))}
-    command = [sys.executable, str(ROOT / "benchmarks" / "load.py")]
     result = subprocess.run(
-        [*command, "--calls", "2", "--duration", "3", "--json", str(out)],
-        cwd=tmp_path,
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=220,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_load_benchmark_prints_every_figure_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "load.json"
+    result = run_benchmark(
+        "load.py", "--calls", "2", "--duration", "3", "--json", str(out), cwd=tmp_path
+    )
     for figure in FIGURES:
         assert figure in result.stdout, figure
     report = json.loads(out.read_text())
@@ -78,18 +86,9 @@ def test_load_benchmark_prints_every_figure_and_writes_json(tmp_path: Path) -> N
 @pytest.mark.timeout(240)
 def test_load_benchmark_rounds_report_rss_per_round(tmp_path: Path) -> None:
     out = tmp_path / "load.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBRIDGE_", "TWILIO_"))}
-    command = [sys.executable, str(ROOT / "benchmarks" / "load.py"), "--systems", "bridge"]
-    command += ["--calls", "2", "--duration", "3", "--rounds", "3", "--warmup-rounds", "1"]
-    result = subprocess.run(
-        [*command, "--json", str(out)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=220,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    args = ["--systems", "bridge", "--calls", "2", "--duration", "3"]
+    args += ["--rounds", "3", "--warmup-rounds", "1", "--json", str(out)]
+    result = run_benchmark("load.py", *args, cwd=tmp_path)
     assert "rss over 3 rounds (bridge, N=2): peak " in result.stdout
     assert "spread over rounds 2-3 " in result.stdout
     assert "RSS flat ±5% over 2 rounds after 1 warm-up: " in result.stdout
@@ -116,15 +115,8 @@ def test_load_benchmark_rounds_report_rss_per_round(tmp_path: Path) -> None:
 
 def test_pipeline_benchmark_reports_both_systems_and_their_ratio(tmp_path: Path) -> None:
     out = tmp_path / "pipeline.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--calls", "2"]
-    result = subprocess.run(
-        [*command, "--repeats", "1", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
+    args = ["--calls", "2", "--repeats", "1", "--json", str(out)]
+    result = run_benchmark("pipeline.py", *args, cwd=tmp_path)
     for label in ("bridge", "relay", "ratio", "µs"):
         assert label in result.stdout
     figures = json.loads(out.read_text())
@@ -137,15 +129,8 @@ def test_pipeline_benchmark_reports_both_systems_and_their_ratio(tmp_path: Path)
 
 
 def test_webhook_benchmark_delivers_every_event_signed(tmp_path: Path) -> None:
-    command = [sys.executable, str(ROOT / "benchmarks" / "webhooks.py"), "--calls", "3"]
-    result = subprocess.run(
-        [*command, "--segments", "4", "--rate", "20", "--seconds", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    args = ["--calls", "3", "--segments", "4", "--rate", "20", "--seconds", "1"]
+    result = run_benchmark("webhooks.py", *args, cwd=tmp_path)
     assert "throughput: 18 events (3 calls × 6) delivered" in result.stdout
     assert "invalid signatures: 0" in result.stdout
     assert "latency: 20 segments" in result.stdout and "commit → POST arrival: p50" in result.stdout
