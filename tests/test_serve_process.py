@@ -31,6 +31,20 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def serve_env(scribe_url: str, port: int, db: Path, **extra: str) -> dict[str, str]:
+    """What ``callbridge serve`` needs to run here: keys, the emulator, a port, a database."""
+    return base_env(
+        ELEVENLABS_API_KEY="test-key",
+        CALLBRIDGE_SCRIBE_URL=scribe_url,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        CALLBRIDGE_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        DATABASE_URL=f"sqlite:///{db}",
+        PORT=str(port),
+        HOST="127.0.0.1",
+        **extra,
+    )
+
+
 @pytest.mark.parametrize(
     ("env", "setting"),
     [
@@ -116,15 +130,11 @@ async def test_sigterm_during_live_calls_delivers_every_utterance_and_exits_0(
     db = tmp_path / "bridge.db"
     proc = subprocess.Popen(  # noqa: ASYNC220 (starting the server under test is instant)
         [sys.executable, "-m", "callbridge", "serve"],
-        env=base_env(
-            ELEVENLABS_API_KEY="test-key",
-            CALLBRIDGE_SCRIBE_URL=emulator.url,
-            TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-            CALLBRIDGE_PUBLIC_URL=public,
+        env=serve_env(
+            emulator.url,
+            port,
+            db,
             CALLBRIDGE_API_TOKENS=API_TOKEN,
-            DATABASE_URL=f"sqlite:///{db}",
-            PORT=str(port),
-            HOST="127.0.0.1",
             CALLBRIDGE_TURNS_MIN_COMMIT_INTERVAL_MS="50",
             CALLBRIDGE_LOGGING_FORMAT="json",
         ),
@@ -209,14 +219,10 @@ async def test_sigkill_with_events_pending_then_restart_delivers_every_event(
     port = free_port()
     public = f"http://127.0.0.1:{port}"
     db = tmp_path / "bridge.db"
-    env = base_env(
-        ELEVENLABS_API_KEY="test-key",
-        CALLBRIDGE_SCRIBE_URL=emulator.url,
-        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        CALLBRIDGE_PUBLIC_URL=public,
-        DATABASE_URL=f"sqlite:///{db}",
-        PORT=str(port),
-        HOST="127.0.0.1",
+    env = serve_env(
+        emulator.url,
+        port,
+        db,
         CALLBRIDGE_WEBHOOK_URLS=f"http://127.0.0.1:{hook_port}/hooks",
         CALLBRIDGE_WEBHOOK_SECRET=secret,
         CALLBRIDGE_WEBHOOK_TIMEOUT_S="1",
@@ -308,14 +314,10 @@ async def test_two_workers_share_the_port_and_send_every_event_once(
     async with WebhookReceiver(secret=secret) as receiver:
         proc = subprocess.Popen(  # noqa: ASYNC220 (starting the server under test is instant)
             [sys.executable, "-m", "callbridge", "serve", "--workers", "2"],
-            env=base_env(
-                ELEVENLABS_API_KEY="test-key",
-                CALLBRIDGE_SCRIBE_URL=emulator.url,
-                TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-                CALLBRIDGE_PUBLIC_URL=public,
-                DATABASE_URL=f"sqlite:///{tmp_path / 'bridge.db'}",
-                PORT=str(port),
-                HOST="127.0.0.1",
+            env=serve_env(
+                emulator.url,
+                port,
+                tmp_path / "bridge.db",
                 CALLBRIDGE_WEBHOOK_URLS=receiver.url,
                 CALLBRIDGE_WEBHOOK_SECRET=secret,
                 CALLBRIDGE_TURNS_MIN_COMMIT_INTERVAL_MS="20",
