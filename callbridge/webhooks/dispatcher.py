@@ -226,12 +226,12 @@ class WebhookDispatcher:
             task.cancel()
         if unfinished:
             await asyncio.gather(*unfinished, return_exceptions=True)
-        if any(worker.ready for worker in self._workers):
-            self._orphaned = True
+        # Leases nobody will use now: handed over while stopping, or waiting for a slot.
+        orphaned = self._orphaned or any(worker.ready for worker in self._workers)
+        self._orphaned = False
         for worker in self._workers:
             worker.ready.clear()
-        if unfinished or self._orphaned:
-            self._orphaned = False
+        if unfinished or orphaned:
             with contextlib.suppress(Exception):
                 await self._store.release_claims(self.owner)
         if self._owns_session and self._session is not None:
