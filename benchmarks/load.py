@@ -88,6 +88,7 @@ import aiohttp
 import numpy as np
 import orjson
 from aiohttp import web
+from cpu_cap import CpuCap, CpuCapError  # beside this script
 
 from callbridge import event_loop
 from callbridge.models import Track
@@ -224,6 +225,30 @@ def tree_pids(pid: int) -> list[int]:
         with contextlib.suppress(OSError), open(f"/proc/{current}/task/{current}/children") as f:
             todo.extend(int(child) for child in f.read().split())
     return out
+
+
+def worker_pids(pid: int, workers: int, timeout_s: float = 20.0) -> list[int]:
+    """The processes that serve calls: ``pid`` itself for one worker, else its
+    ``serve --workers N`` children (multiprocessing spawn; not its resource tracker)."""
+    if workers <= 1:
+        return [pid]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = []
+        for member in tree_pids(pid)[1:]:
+            with contextlib.suppress(OSError), open(f"/proc/{member}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    found.append(member)
+        if len(found) >= workers or time.monotonic() > deadline:
+            return sorted(found)
+        time.sleep(0.05)
+
+
+def _cpu_or_zero(pid: int) -> float:
+    try:
+        return proc_cpu_s(pid)
+    except OSError:  # a worker that exited
+        return 0.0
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -516,6 +541,8 @@ class Phase:
     failures: list[str] = field(default_factory=list)
     call_sids: dict[int, str] = field(default_factory=dict)
     closed_early: int = 0
+    worker_pids: list[int] = field(default_factory=list)
+    cpu_cap: CpuCap | None = None
 
     def __post_init__(self) -> None:
         frames = int(self.args.duration * 1000) // FRAME_MS
@@ -612,6 +639,12 @@ async def run_phase(phase: Phase) -> dict[str, Any]:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
             await _wait_healthy(http, base, server)
+            workers = args.workers if phase.system == "bridge" else 1
+            phase.worker_pids = await asyncio.to_thread(worker_pids, server.pid, workers)
+            if args.worker_cpu:
+                phase.cpu_cap = CpuCap(args.worker_cpu)
+                for pid in phase.worker_pids:
+                    phase.cpu_cap.apply(pid)
             await asyncio.sleep(1.0)
             idle = tree_mem_kb(server.pid)
             result, profiler = await _generate(phase, http, base, server.pid, fixtures.pid, idle)
@@ -648,6 +681,8 @@ async def run_phase(phase: Phase) -> dict[str, Any]:
             await asyncio.to_thread(_wait, profiler, 60)
         server.send_signal(signal.SIGTERM)
         exit_code = await asyncio.to_thread(_wait, server, 30)
+        if phase.cpu_cap is not None:
+            phase.cpu_cap.remove()
         fixtures.send_signal(signal.SIGTERM)
         await asyncio.to_thread(_wait, fixtures, 10)
         pin(os.getpid(), set(cpus))
@@ -791,6 +826,8 @@ async def _generate(
             time.monotonic(), tree_cpu_s(server_pid), proc_cpu_s(os.getpid()),
             proc_cpu_s(fixtures_pid), machine_cpu(),
         )  # fmt: skip
+        workers_before = [_cpu_or_zero(pid) for pid in phase.worker_pids]
+        throttled_before = phase.cpu_cap.throttled() if phase.cpu_cap else {}
         await asyncio.sleep(max(0.0, (window[0] + window[1]) / 2 - loop.time()))
         live_mid = await _live_calls(http, base)
         await asyncio.sleep(max(0.0, window[1] - loop.time()))
@@ -798,10 +835,35 @@ async def _generate(
             time.monotonic(), tree_cpu_s(server_pid), proc_cpu_s(os.getpid()),
             proc_cpu_s(fixtures_pid), machine_cpu(),
         )  # fmt: skip
+        workers_after = [_cpu_or_zero(pid) for pid in phase.worker_pids]
+        throttled_after = phase.cpu_cap.throttled() if phase.cpu_cap else {}
         seconds = after[0] - before[0]
         server_cpu = after[1] - before[1]
         busy = (after[4][0] - before[4][0]) / max(1.0, after[4][1] - before[4][1])
+        cap: dict[str, Any] | None = None
+        if phase.cpu_cap is not None:
+            cap = {
+                "cores_per_worker": phase.cpu_cap.cores,
+                "period_ms": phase.cpu_cap.period_us / 1000,
+                "throttled_percent": [
+                    round(100 * (throttled_after[pid]["throttled_s"]
+                                 - throttled_before[pid]["throttled_s"]) / seconds, 1)
+                    for pid in phase.worker_pids
+                ],
+                "throttled_periods_percent": [
+                    round(100 * (throttled_after[pid]["throttled_periods"]
+                                 - throttled_before[pid]["throttled_periods"])
+                          / max(1.0, throttled_after[pid]["periods"]
+                                - throttled_before[pid]["periods"]), 1)
+                    for pid in phase.worker_pids
+                ],
+            }  # fmt: skip
         return {
+            "cpu_cap": cap,
+            "worker_cpu_percent": [
+                round(100 * (a - b) / seconds, 1)
+                for a, b in zip(workers_after, workers_before, strict=True)
+            ],
             "window": (before[0], after[0]),
             "window_s": round(seconds, 3),
             "server_cpu_s": round(server_cpu, 3),
@@ -920,8 +982,9 @@ def _analyse(phase: Phase, dump: Path, result: dict[str, Any]) -> None:
     cpu = result["cpu_percent"]
     workers = phase.args.workers if phase.system == "bridge" else 1
     result["workers"] = workers
+    per_worker_core = (result.get("cpu_cap") or {}).get("cores_per_worker", 1.0)
     result["saturated"] = bool(
-        cpu["server"] >= 90 * workers
+        cpu["server"] >= 90 * workers * per_worker_core
         or cpu["machine"] >= 95 * (os.cpu_count() or 1)
         or (result["generator_lag_ms"]["p99"] or 0) > 20
     )
@@ -1204,6 +1267,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--workers", type=int, default=1, help="bridge worker processes (serve --workers N)"
     )
     parser.add_argument(
+        "--worker-cpu", type=float, default=None, metavar="CORES",
+        help="cap each server process (each bridge worker, the relay) at CORES of a core "
+        "through a cgroup CPU quota, e.g. 0.35 (Linux, writable cgroups)",
+    )  # fmt: skip
+    parser.add_argument(
         "--rounds", type=int, default=1,
         help="run the N calls R times on the same server: RSS per round, no leak (1)",
     )  # fmt: skip
@@ -1221,6 +1289,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--systems: bridge and/or relay")
     if not 0 <= args.warmup_rounds <= args.rounds - 2 and args.warmup_rounds:
         parser.error("--warmup-rounds: leave at least two rounds to compare")
+    if args.worker_cpu is not None:
+        try:
+            CpuCap(args.worker_cpu)
+        except CpuCapError as exc:
+            parser.error(f"--worker-cpu: {exc}")
     if not 1 <= args.rounds <= 100:
         parser.error("--rounds: between 1 and 100")
     if not 2 <= args.duration <= 3600 or args.stagger < 0 or args.stagger >= args.duration / 2:

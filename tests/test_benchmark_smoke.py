@@ -134,3 +134,29 @@ def test_webhook_benchmark_delivers_every_event_signed(tmp_path: Path) -> None:
     assert "throughput: 18 events (3 calls × 6) delivered" in result.stdout
     assert "invalid signatures: 0" in result.stdout
     assert "latency: 20 segments" in result.stdout and "commit → POST arrival: p50" in result.stdout
+
+
+@pytest.mark.timeout(240)
+def test_scaling_benchmark_caps_each_worker_and_reports_capacity(tmp_path: Path) -> None:
+    out = tmp_path / "scaling.json"
+    args = ["--per-worker", "2,3", "--duration", "3", "--worker-cpu", "0.5", "--json", str(out)]
+    result = run_benchmark("scaling.py", *args, cwd=tmp_path)
+    assert "capacity at 0.5 of a core per worker: " in result.stdout
+    report = json.loads(out.read_text())
+    steps = report["steps"]
+    assert [(s["workers"], s["calls"]) for s in steps] == [(1, 2), (1, 3), (2, 4), (2, 6)]
+    for step in steps:
+        data = step["result"]
+        assert data["server_exit_code"] == 0 and data["failed_calls"] == 0
+        assert data["frames"]["sent"] == step["calls"] * 2 * 150
+        # each worker of the run ran in its own capped group and is measured apart
+        assert len(data["worker_cpu_percent"]) == step["workers"]
+        cap = data["cpu_cap"]
+        assert cap["cores_per_worker"] == 0.5 and cap["period_ms"] == 10.0
+        assert len(cap["throttled_periods_percent"]) == step["workers"]
+    # a tiny load keeps up everywhere, so capacities are only lower bounds
+    assert "1 worker ≥ 3 calls, 2 workers ≥ 6 calls" in result.stdout
+    assert "scaling 1 → 2 workers: not measured" in result.stdout
+    cgroups = Path("/sys/fs/cgroup")
+    leftovers = [*cgroups.glob("callbridge-bench-*"), *cgroups.glob("cpu/callbridge-bench-*")]
+    assert leftovers == [], "the benchmark must remove its cgroups"
