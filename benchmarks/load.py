@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/load.py [--calls 10,50 --duration 15 --rounds 3 --json out.json]
 
-For every N, twice (``bridge`` = ``python -m callbridge serve``; ``relay`` = the minimal
-pass-through relay below), on 127.0.0.1 only:
+For every N, once per system of ``--systems`` (``bridge`` = ``python -m callbridge serve``;
+``relay`` = the minimal pass-through relay below; optionally ``receive``, the relay's floor),
+on 127.0.0.1 only:
 
 * a *fixtures* process runs the Scribe emulator (``callbridge.testing.scribe_emulator``,
   default ``duration`` transcriber, partials off unless ``--partials-ms``) and a webhook
@@ -60,7 +61,9 @@ each frame's base64 payload, as is, as one ``input_audio_chunk`` (both tracks, o
 websocket per call, a ``websockets`` client without compression as in the bridge), with the
 bridge's JSON library (``orjson``) and event loop (``--server-env
 CALLBRIDGE_SERVER_EVENT_LOOP=...`` applies to both): no VAD, no batching, no storage, no
-webhooks.
+webhooks. ``--systems receive`` runs the same server with ``--receive-only``: it parses
+each message and decodes its payload, then drops it (no Scribe session at all), the floor of
+this stack (aiohttp's websocket receive on the event loop) that every system pays.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from binascii import a2b_base64
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -109,6 +113,7 @@ TAG_MAGIC = (0xF5, 0x7A)
 TAG_BYTES = 8  # magic (2) + 6 × 5 bits: call (10 bits), track (1), frame (19)
 MAX_CALLS = 1024
 TRACKS = (Track.INBOUND, Track.OUTBOUND)
+SYSTEMS = ("bridge", "relay", "receive")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HERE = Path(__file__).resolve()
 
@@ -437,6 +442,7 @@ async def _relay(args: argparse.Namespace) -> None:
     from websockets.asyncio.client import connect
 
     live = 0
+    heard = 0  # receive-only: audio bytes decoded and dropped
     scribe_url = f"{args.scribe_url}?model_id=scribe_v2_realtime&audio_format=ulaw_8000"
 
     async def drain(upstream: Any) -> None:
@@ -445,7 +451,7 @@ async def _relay(args: argparse.Namespace) -> None:
                 pass
 
     async def media(request: web.Request) -> web.StreamResponse:
-        nonlocal live
+        nonlocal live, heard
         ws = web.WebSocketResponse(max_msg_size=64 * 1024)
         await ws.prepare(request)
         upstream = None
@@ -458,7 +464,9 @@ async def _relay(args: argparse.Namespace) -> None:
                 event = orjson.loads(message.data)
                 kind = event.get("event")
                 if kind == "media":
-                    if upstream is not None:
+                    if args.receive_only:
+                        heard += len(a2b_base64(event["media"]["payload"]))
+                    elif upstream is not None:
                         chunk = {
                             "message_type": "input_audio_chunk",
                             "audio_base_64": event["media"]["payload"],
@@ -466,7 +474,7 @@ async def _relay(args: argparse.Namespace) -> None:
                             "sample_rate": 8000,
                         }
                         await upstream.send(orjson.dumps(chunk).decode())
-                elif kind == "start":
+                elif kind == "start" and not args.receive_only:
                     upstream = await connect(
                         scribe_url, additional_headers={"xi-api-key": API_KEY}, compression=None
                     )
@@ -628,6 +636,8 @@ async def run_phase(phase: Phase) -> dict[str, Any]:
         env = base_env()
         command = [sys.executable, str(HERE), "_relay", "--port", str(port)]
         command += ["--scribe-url", endpoints["scribe_url"]]
+        if phase.system == "receive":
+            command.append("--receive-only")
         # The same event loop as the bridge, so that the ratio compares like with like.
         loops = [v for k, _, v in (e.partition("=") for e in args.server_env)
                  if k == "CALLBRIDGE_SERVER_EVENT_LOOP"]  # fmt: skip
@@ -1063,7 +1073,9 @@ def row(result: dict[str, Any], system: str) -> list[str]:
         f"{result['cpu_s_per_call_s'] * 1000:.2f}",
         f"{result['calls_per_core'] or 0:.0f}", _ms(fwd["p50"]), _ms(fwd["p99"]),
         f"{100 * (result['held_over_500ms_fraction'] or 0):.1f}", _ms(lag["p50"]),
-        _ms(lag["p99"]), f"{frames['speech_lost']}/{frames['speech_sent']}", _ms(hook.get("p50")),
+        _ms(lag["p99"]),
+        "-" if system == "receive" else f"{frames['speech_lost']}/{frames['speech_sent']}",
+        _ms(hook.get("p50")),
         _ms(hook.get("p99")), f"{rss['peak_kb'] / 1024:.1f}", f"{rss['per_call_kb']:.0f}",
         f"{cpu['server']:.0f}", f"{cpu['generator']:.0f}", f"{cpu['fixtures']:.0f}",
         f"{cpu['machine']:.0f}",
@@ -1073,15 +1085,16 @@ def row(result: dict[str, Any], system: str) -> list[str]:
 def format_table(results: list[dict[str, Any]]) -> str:
     lines = ["  ".join(name.rjust(width) for name, width in COLUMNS)]
     for entry in results:
-        for system in ("bridge", "relay"):
+        for system in SYSTEMS:
             if system in entry:
                 cells = row(entry[system], system)
                 lines.append(
                     "  ".join(c.rjust(w) for c, (_, w) in zip(cells, COLUMNS, strict=True))
                 )
-        if entry.get("cpu_ratio_vs_relay") is not None:
-            ratio = entry["cpu_ratio_vs_relay"]
-            lines.append(f"{'':>5}  {'ratio':>7}  {ratio:>13.2f}  (bridge ÷ relay CPU per call-s)")
+        for key, label in (("cpu_ratio_vs_relay", "relay"), ("cpu_ratio_vs_receive", "receive")):
+            if entry.get(key) is not None:
+                text = f"{entry[key]:>13.2f}  (bridge ÷ {label} CPU per call-s)"
+                lines.append(f"{'':>5}  {'ratio':>7}  {text}")
     return "\n".join(lines)
 
 
@@ -1097,7 +1110,7 @@ def rounds_lines(results: list[dict[str, Any]]) -> list[str]:
     """One line per system run with ``--rounds`` ≥ 2: RSS per round and its spread."""
     out = []
     for entry in results:
-        for system in ("bridge", "relay"):
+        for system in SYSTEMS:
             rounds = (entry.get(system) or {}).get("rounds")
             if not rounds:
                 continue
@@ -1196,13 +1209,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"N={n}: {system} …", flush=True)
                 phase = Phase(system, n, args, conversation, workdir)
                 entry[system] = await run_phase(phase)
-            bridge, relay = entry.get("bridge"), entry.get("relay")
-            if bridge and relay and relay["cpu_s_per_call_s"] > 0:
-                entry["cpu_ratio_vs_relay"] = round(
-                    bridge["cpu_s_per_call_s"] / relay["cpu_s_per_call_s"], 2
-                )
-            else:
-                entry["cpu_ratio_vs_relay"] = None
+            bridge = entry.get("bridge")
+            for baseline in ("relay", "receive"):
+                other = entry.get(baseline)
+                ratio = None
+                if bridge and other and other["cpu_s_per_call_s"] > 0:
+                    ratio = round(bridge["cpu_s_per_call_s"] / other["cpu_s_per_call_s"], 2)
+                if baseline == "relay" or other is not None:
+                    entry[f"cpu_ratio_vs_{baseline}"] = ratio
             results.append(entry)
             print(format_table([entry]).split("\n", 1)[1], flush=True)
             for line in rounds_lines([entry]):
@@ -1246,7 +1260,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stagger", type=float, default=1.0, help="call starts spread (1 s)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument(
-        "--systems", default="bridge,relay", help="bridge,relay (the default), or one of them"
+        "--systems",
+        default="bridge,relay",
+        help="bridge,relay (the default), or any of bridge, relay and receive (the floor: "
+        "receive and decode each Twilio frame, forward nothing)",
     )
     parser.add_argument(
         "--partials-ms", type=int, default=0, help="emulator partial interval (0: none)"
@@ -1285,8 +1302,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not args.calls or any(not 1 <= c <= MAX_CALLS for c in args.calls):
         parser.error(f"--calls: between 1 and {MAX_CALLS} each")
-    if any(s not in ("bridge", "relay") for s in args.systems):
-        parser.error("--systems: bridge and/or relay")
+    if any(s not in SYSTEMS for s in args.systems):
+        parser.error("--systems: one or more of " + ", ".join(SYSTEMS))
     if not 0 <= args.warmup_rounds <= args.rounds - 2 and args.warmup_rounds:
         parser.error("--warmup-rounds: leave at least two rounds to compare")
     if args.worker_cpu is not None:
@@ -1313,6 +1330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_argument("--port", type=int, required=True)
         sub.add_argument("--scribe-url", required=True)
         sub.add_argument("--event-loop", default="auto")
+        sub.add_argument("--receive-only", action="store_true")
         relay_args = sub.parse_args(argv[1:])
         event_loop.run(_relay(relay_args), relay_args.event_loop)
         return 0

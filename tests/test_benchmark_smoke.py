@@ -60,16 +60,23 @@ def run_benchmark(script: str, *args: str, cwd: Path) -> subprocess.CompletedPro
 
 def test_load_benchmark_prints_every_figure_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "load.json"
-    result = run_benchmark(
-        "load.py", "--calls", "2", "--duration", "3", "--json", str(out), cwd=tmp_path
-    )
+    args = ["--calls", "2", "--duration", "3", "--systems", "bridge,relay,receive"]
+    result = run_benchmark("load.py", *args, "--json", str(out), cwd=tmp_path)
     for figure in FIGURES:
         assert figure in result.stdout, figure
+    assert "(bridge ÷ receive CPU per call-s)" in result.stdout
     report = json.loads(out.read_text())
     assert set(report) == {"meta", "results", "targets"}
     assert "method" in report["meta"] and report["meta"]["cores"]
     [entry] = report["results"]
     assert entry["calls"] == 2 and "cpu_ratio_vs_relay" in entry
+    assert entry["cpu_ratio_vs_receive"] == pytest.approx(
+        entry["bridge"]["cpu_s_per_call_s"] / entry["receive"]["cpu_s_per_call_s"], abs=0.01
+    )
+    # the floor decodes every frame and forwards none: no Scribe session at all
+    receive = entry["receive"]
+    assert receive["server_exit_code"] == 0 and receive["failed_calls"] == 0
+    assert receive["scribe_sessions"] == 0 and receive["frames"]["tagged_received"] == 0
     for system in ("bridge", "relay"):
         assert set(entry[system]) >= SYSTEM_KEYS, system
         assert entry[system]["server_exit_code"] == 0
