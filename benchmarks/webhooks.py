@@ -11,6 +11,11 @@ calls for ``--seconds``; each sample is the time from calling
 ``StoreSink.segment_committed`` to the signed POST arriving at the receiver. The receiver
 runs in its own process (as a real one would; ``--same-process`` puts it on the bridge's
 event loop instead) and reports arrivals on ``CLOCK_MONOTONIC``, which all processes share.
+
+CPU: this process's CPU (all threads, and the event loop's thread alone) over the latency run,
+per segment; then the same segments are stored again, into a fresh file with no webhook
+target (no events, no deliveries), and the difference is what delivering a webhook costs.
+Both figures include this benchmark's own work per segment (building it, pacing the calls).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from callbridge import event_loop
 from callbridge.config import WebhookSettings
 from callbridge.logs import configure_logging
 from callbridge.models import CallEnded, CallInfo, CommittedSegment, EndReason, Track, Word
@@ -77,20 +83,39 @@ class Arrival:
 
 
 class Arrivals:
-    """What the receiver saw, from this process or streamed by the receiver process."""
+    """What the receiver saw, from this process or streamed by the receiver process.
+
+    Lines from the receiver process are kept raw and parsed when read, so that this process
+    spends next to nothing per arrival while its CPU is measured."""
 
     def __init__(self) -> None:
-        self.records: list[Arrival] = []
-        self._changed = asyncio.Condition()
+        self._records: list[Arrival | bytes] = []
+        self._waiter: tuple[int, asyncio.Future[None]] | None = None
 
-    async def add(self, arrival: Arrival) -> None:
-        async with self._changed:
-            self.records.append(arrival)
-            self._changed.notify_all()
+    def add(self, arrival: Arrival | bytes) -> None:
+        self._records.append(arrival)
+        if self._waiter is not None and len(self._records) >= self._waiter[0]:
+            if not self._waiter[1].done():
+                self._waiter[1].set_result(None)
+            self._waiter = None
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def records(self) -> list[Arrival]:
+        self._records = [
+            Arrival(**json.loads(r)) if isinstance(r, bytes) else r for r in self._records
+        ]
+        return self._records  # type: ignore[return-value]  # all parsed now
 
     async def wait_for(self, count: int, within_s: float) -> None:
-        async with asyncio.timeout(within_s), self._changed:
-            await self._changed.wait_for(lambda: len(self.records) >= count)
+        if len(self._records) >= count:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = (count, waiter)
+        async with asyncio.timeout(within_s):
+            await waiter
 
 
 def arrival_of(request: ReceivedRequest) -> Arrival:
@@ -135,7 +160,7 @@ async def receiver_process(arrivals: Arrivals) -> AsyncIterator[str]:
     async def pump() -> None:
         assert process.stdout is not None
         async for line in process.stdout:
-            await arrivals.add(Arrival(**json.loads(line)))
+            arrivals.add(line)
 
     pumping = asyncio.create_task(pump())
     try:
@@ -149,7 +174,7 @@ async def receiver_process(arrivals: Arrivals) -> AsyncIterator[str]:
 @asynccontextmanager
 async def receiver_here(arrivals: Arrivals) -> AsyncIterator[str]:
     async def record(request: ReceivedRequest) -> Reply:
-        await arrivals.add(arrival_of(request))
+        arrivals.add(arrival_of(request))
         return Reply(200)
 
     async with WebhookReceiver(secret=SECRET) as receiver:
@@ -183,9 +208,27 @@ async def throughput(sink: StoreSink, receiver: Arrivals, calls: int, segments: 
     print(f"  invalid signatures: {invalid}")
 
 
+@dataclass
+class CpuMeter:
+    """CPU seconds of this process (every thread) and of the event loop's thread."""
+
+    process: float = 0.0
+    loop: float = 0.0
+
+    def __enter__(self) -> CpuMeter:
+        self._start = (time.process_time(), time.thread_time())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process = time.process_time() - self._start[0]
+        self.loop = time.thread_time() - self._start[1]
+
+
 async def latency(
-    sink: StoreSink, receiver: Arrivals, calls: int, rate: float, seconds: float
-) -> None:
+    sink: StoreSink, receiver: Arrivals | None, calls: int, rate: float, seconds: float
+) -> tuple[int, CpuMeter]:
+    """Segments at ``rate``; with a receiver, their commit → arrival latency. Returns the
+    number of segments and the CPU this process spent committing (and delivering) them."""
     committed_at: dict[tuple[str, int], float] = {}
     interval = calls / rate  # each call commits every `interval` seconds
     deadline = time.perf_counter() + seconds
@@ -203,10 +246,14 @@ async def latency(
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
 
-    before = len(receiver.records)
-    await asyncio.gather(*(one_call(i) for i in range(calls)))
-    expected = len(committed_at) + calls
-    await receiver.wait_for(before + expected, within_s=60)
+    before = len(receiver) if receiver is not None else 0
+    with CpuMeter() as cpu:
+        await asyncio.gather(*(one_call(i) for i in range(calls)))
+        expected = len(committed_at) + calls
+        if receiver is not None:
+            await receiver.wait_for(before + expected, within_s=60)
+    if receiver is None:
+        return len(committed_at), cpu
     samples = [
         (r.at - committed_at[(r.call_sid, r.sequence)]) * 1000
         for r in receiver.records[before:]
@@ -217,6 +264,24 @@ async def latency(
         f"  commit → POST arrival: p50 {statistics.median(samples):.2f} ms, "
         f"p99 {percentile(samples, 0.99):.2f} ms, max {max(samples):.2f} ms"
     )
+    return len(committed_at), cpu
+
+
+def per_event_us(cpu: CpuMeter, events: int) -> str:
+    return (
+        f"{1e6 * cpu.process / events:.0f} µs per segment "
+        f"(event loop thread {1e6 * cpu.loop / events:.0f} µs)"
+    )
+
+
+async def store_only(db: Path, calls: int, rate: float, seconds: float) -> tuple[int, CpuMeter]:
+    """The latency run's segments stored with no webhook target: no events, no deliveries."""
+    store = open_store(f"sqlite:///{db}")
+    await store.open()
+    try:
+        return await latency(StoreSink(store, summarize, lambda: None), None, calls, rate, seconds)
+    finally:
+        await store.close()
 
 
 async def main() -> None:
@@ -248,11 +313,23 @@ async def main() -> None:
             try:
                 print(f"python {sys.version.split()[0]}, SQLite at {db}, receiver in {where}")
                 await throughput(sink, arrivals, args.calls, args.segments)
-                await latency(sink, arrivals, args.calls, args.rate, args.seconds)
+                events, cpu = await latency(sink, arrivals, args.calls, args.rate, args.seconds)
             finally:
                 await dispatcher.stop(5)
                 await store.close()
+        # the same segments stored alone, into a fresh file: what webhooks add is the rest
+        alone, cpu_alone = await store_only(
+            Path(tmp) / "store-only.db", args.calls, args.rate, args.seconds
+        )
+    receiver_note = "" if not args.same_process else " (and the receiver's)"
+    print(f"CPU of this process{receiver_note} in the latency run:")
+    print(f"  stored and delivered: {per_event_us(cpu, events)}")
+    print(f"  stored only (no webhook target): {per_event_us(cpu_alone, alone)}")
+    extra = CpuMeter(
+        cpu.process / events - cpu_alone.process / alone, cpu.loop / events - cpu_alone.loop / alone
+    )
+    print(f"  webhook delivery adds: {per_event_us(extra, 1)}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    event_loop.run(main(), "auto")  # the server's loop (uvloop where installed)

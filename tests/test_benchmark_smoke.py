@@ -141,6 +141,9 @@ def test_webhook_benchmark_delivers_every_event_signed(tmp_path: Path) -> None:
     assert "throughput: 18 events (3 calls × 6) delivered" in result.stdout
     assert "invalid signatures: 0" in result.stdout
     assert "latency: 20 segments" in result.stdout and "commit → POST arrival: p50" in result.stdout
+    for line in ("stored and delivered: ", "stored only (no webhook target): ", "adds: "):
+        assert line in result.stdout, line
+    assert "µs per segment (event loop thread " in result.stdout
 
 
 @pytest.mark.timeout(240)
