@@ -63,6 +63,17 @@ class CpuCap:
                 "in cgroup.controllers); --worker-cpu needs Linux cgroups"
             )
 
+    def check(self) -> None:
+        """Create and remove a probe group: :class:`CpuCapError` unless caps can be applied."""
+        parent = self._v1 if self._v1 is not None else self._v2
+        assert parent is not None
+        probe = parent / f"callbridge-bench-{os.getpid()}-probe"
+        try:
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as exc:
+            raise CpuCapError(f"cannot create a cgroup under {parent}: {exc}") from None
+
     @property
     def quota_us(self) -> int:
         return max(1000, round(self.cores * self.period_us))

@@ -1308,7 +1308,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--warmup-rounds: leave at least two rounds to compare")
     if args.worker_cpu is not None:
         try:
-            CpuCap(args.worker_cpu)
+            CpuCap(args.worker_cpu).check()
         except CpuCapError as exc:
             parser.error(f"--worker-cpu: {exc}")
     if not 1 <= args.rounds <= 100:

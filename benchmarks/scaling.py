@@ -197,7 +197,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if max(args.workers) * max(args.per_worker) > load.MAX_CALLS:
         parser.error(f"--workers × --per-worker: at most {load.MAX_CALLS} calls")
     try:
-        load.CpuCap(args.worker_cpu)
+        load.CpuCap(args.worker_cpu).check()
     except load.CpuCapError as exc:
         parser.error(f"--worker-cpu: {exc}")
     return args

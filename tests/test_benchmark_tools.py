@@ -124,3 +124,12 @@ def test_summary_reports_the_scaling_ratio_and_per_call_cost() -> None:
     assert "1.10 at 70/worker" in lines[2]
     unbounded = scaling.summary([step(1, 70, True), step(2, 140, True)], [1, 2], 0.35)
     assert "1 worker ≥ 70 calls" in unbounded[0] and "not measured" in unbounded[1]
+
+
+def test_check_probes_that_groups_can_be_created(tmp_path: Path) -> None:
+    cpu = fake_v1(tmp_path)
+    CpuCap(0.5, root=tmp_path).check()
+    assert [p.name for p in cpu.iterdir()] == ["cpu.cfs_quota_us"]  # the probe is gone
+    (cpu / f"callbridge-bench-{os.getpid()}-probe").write_text("")  # mkdir there fails
+    with pytest.raises(CpuCapError, match="cannot create a cgroup"):
+        CpuCap(0.5, root=tmp_path).check()
