@@ -249,20 +249,17 @@ def worker_pids(pid: int, workers: int, timeout_s: float = 20.0) -> list[int]:
         time.sleep(0.05)
 
 
-def _cpu_or_zero(pid: int) -> float:
+def cpu_or_zero(pid: int) -> float:
+    """:func:`proc_cpu_s`, or 0 for a process that has just exited."""
     try:
         return proc_cpu_s(pid)
-    except OSError:  # a worker that exited
+    except OSError:
         return 0.0
 
 
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds of a process and its descendants (workers exit only at the end)."""
-    total = 0.0
-    for member in tree_pids(pid):
-        with contextlib.suppress(OSError):  # a process that just exited
-            total += proc_cpu_s(member)
-    return total
+    return sum(cpu_or_zero(member) for member in tree_pids(pid))
 
 
 def tree_mem_kb(pid: int) -> dict[str, int]:
@@ -357,18 +354,26 @@ async def _fixtures(args: argparse.Namespace) -> None:
     app.router.add_post("/hooks", hook)
     app.router.add_get("/stats", stats)
     app.router.add_post("/dump", dump)
+    port = free_port()
+    endpoints = {"scribe_url": emulator.url, "http": f"http://127.0.0.1:{port}"}
+    await _serve_until_signal(app, port, announce=json.dumps(endpoints))
+    await emulator.stop()
+
+
+async def _serve_until_signal(app: web.Application, port: int, announce: str = "") -> None:
+    """Serve ``app`` on 127.0.0.1:``port`` until SIGTERM or SIGINT; print ``announce`` once
+    it is listening."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    print(json.dumps({"scribe_url": emulator.url, "http": f"http://127.0.0.1:{port}"}), flush=True)
+    if announce:
+        print(announce, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await runner.cleanup()
-    await emulator.stop()
 
 
 def _dump(
@@ -442,7 +447,6 @@ async def _relay(args: argparse.Namespace) -> None:
     from websockets.asyncio.client import connect
 
     live = 0
-    heard = 0  # receive-only: audio bytes decoded and dropped
     scribe_url = f"{args.scribe_url}?model_id=scribe_v2_realtime&audio_format=ulaw_8000"
 
     async def drain(upstream: Any) -> None:
@@ -451,7 +455,7 @@ async def _relay(args: argparse.Namespace) -> None:
                 pass
 
     async def media(request: web.Request) -> web.StreamResponse:
-        nonlocal live, heard
+        nonlocal live
         ws = web.WebSocketResponse(max_msg_size=64 * 1024)
         await ws.prepare(request)
         upstream = None
@@ -465,7 +469,7 @@ async def _relay(args: argparse.Namespace) -> None:
                 kind = event.get("event")
                 if kind == "media":
                     if args.receive_only:
-                        heard += len(a2b_base64(event["media"]["payload"]))
+                        a2b_base64(event["media"]["payload"])  # decoded, then dropped
                     elif upstream is not None:
                         chunk = {
                             "message_type": "input_audio_chunk",
@@ -495,15 +499,7 @@ async def _relay(args: argparse.Namespace) -> None:
     app = web.Application()
     app.router.add_get("/twilio/media", media)
     app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", args.port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await _serve_until_signal(app, args.port)
 
 
 # --- one measured phase -----------------------------------------------------------------------
@@ -836,7 +832,7 @@ async def _generate(
             time.monotonic(), tree_cpu_s(server_pid), proc_cpu_s(os.getpid()),
             proc_cpu_s(fixtures_pid), machine_cpu(),
         )  # fmt: skip
-        workers_before = [_cpu_or_zero(pid) for pid in phase.worker_pids]
+        workers_before = [cpu_or_zero(pid) for pid in phase.worker_pids]
         throttled_before = phase.cpu_cap.throttled() if phase.cpu_cap else {}
         await asyncio.sleep(max(0.0, (window[0] + window[1]) / 2 - loop.time()))
         live_mid = await _live_calls(http, base)
@@ -845,7 +841,7 @@ async def _generate(
             time.monotonic(), tree_cpu_s(server_pid), proc_cpu_s(os.getpid()),
             proc_cpu_s(fixtures_pid), machine_cpu(),
         )  # fmt: skip
-        workers_after = [_cpu_or_zero(pid) for pid in phase.worker_pids]
+        workers_after = [cpu_or_zero(pid) for pid in phase.worker_pids]
         throttled_after = phase.cpu_cap.throttled() if phase.cpu_cap else {}
         seconds = after[0] - before[0]
         server_cpu = after[1] - before[1]
@@ -855,19 +851,16 @@ async def _generate(
             cap = {
                 "cores_per_worker": phase.cpu_cap.cores,
                 "period_ms": phase.cpu_cap.period_us / 1000,
-                "throttled_percent": [
-                    round(100 * (throttled_after[pid]["throttled_s"]
-                                 - throttled_before[pid]["throttled_s"]) / seconds, 1)
-                    for pid in phase.worker_pids
-                ],
-                "throttled_periods_percent": [
-                    round(100 * (throttled_after[pid]["throttled_periods"]
-                                 - throttled_before[pid]["throttled_periods"])
-                          / max(1.0, throttled_after[pid]["periods"]
-                                - throttled_before[pid]["periods"]), 1)
-                    for pid in phase.worker_pids
-                ],
-            }  # fmt: skip
+                "throttled_percent": [],
+                "throttled_periods_percent": [],
+            }
+            for pid in phase.worker_pids:
+                grew = {k: throttled_after[pid][k] - throttled_before[pid][k]
+                        for k in throttled_after[pid]}  # fmt: skip
+                cap["throttled_percent"].append(round(100 * grew["throttled_s"] / seconds, 1))
+                cap["throttled_periods_percent"].append(
+                    round(100 * grew["throttled_periods"] / max(1.0, grew["periods"]), 1)
+                )
         return {
             "cpu_cap": cap,
             "worker_cpu_percent": [

@@ -94,6 +94,12 @@ def summary(steps: Sequence[dict[str, Any]], workers: Sequence[int], cap: float)
 
     lines = [f"capacity at {cap:g} of a core per worker: " + ", ".join(map(shown, workers))]
     base, base_bounded = found[workers[0]]
+    # per-call CPU by (workers, calls per worker), where the step kept up
+    by_load = {
+        (s["workers"], s["calls"] // s["workers"]): s["result"]["cpu_s_per_call_s"]
+        for s in steps
+        if s["keeps_up"]
+    }
     for w in workers[1:]:
         calls, bounded = found[w]
         if base and calls and base_bounded and bounded:
@@ -106,12 +112,6 @@ def summary(steps: Sequence[dict[str, Any]], workers: Sequence[int], cap: float)
                 f"scaling {workers[0]} → {w} workers: not measured (a ramp found no limit or "
                 "no step kept up: move --per-worker or --worker-cpu)"
             )
-        # per-call CPU at the same load per worker, where both kept up
-        by_load = {
-            (s["workers"], s["calls"] // s["workers"]): s["result"]["cpu_s_per_call_s"]
-            for s in steps
-            if s["keeps_up"]
-        }
         pairs = [
             (c, by_load[(w, c)] / by_load[(workers[0], c)])
             for (ww, c) in sorted(by_load)
