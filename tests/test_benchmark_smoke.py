@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -144,7 +145,11 @@ def test_webhook_benchmark_delivers_every_event_signed(tmp_path: Path) -> None:
     result = run_benchmark("webhooks.py", *args, cwd=tmp_path)
     assert "throughput: 18 events (3 calls × 6) delivered" in result.stdout
     assert "invalid signatures: 0" in result.stdout
-    assert "latency: 20 segments" in result.stdout and "commit → POST arrival: p50" in result.stdout
+    # The latency run commits on a wall-clock schedule for 1 s at 20/s, so how many segments
+    # fit depends on the machine; each one must have arrived and been measured.
+    measured = re.search(r"latency: (\d+) segments at 20/s over 3 calls", result.stdout)
+    assert measured is not None and 1 <= int(measured.group(1)) <= 26, result.stdout
+    assert "commit → POST arrival: p50" in result.stdout
     for line in ("stored and delivered: ", "stored only (no webhook target): ", "adds: "):
         assert line in result.stdout, line
     assert "µs per segment (event loop thread " in result.stdout
