@@ -119,6 +119,26 @@ class ApiSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SummarySettings:
+    """The AI summary (``CALLBRIDGE_SUMMARY_LLM_*``); off while ``llm_url`` is empty."""
+
+    llm_url: str = ""
+    llm_model: str = ""
+    llm_key: str = ""
+    llm_timeout_s: float = 120.0
+    llm_structured_output: str = "auto"  # "auto" | "json_schema" | "json_object" | "none"
+    llm_temperature: float = 0.0  # below 0: not sent
+    llm_max_output_tokens: int = 1024
+    llm_input_budget_tokens: int = 8000
+    concurrency: int = 4
+    retry_for_s: float = 3600.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.llm_url)
+
+
+@dataclass(frozen=True, slots=True)
 class DatabaseSettings:
     url: str = "sqlite:///./callbridge.db"
 
@@ -138,6 +158,7 @@ class Settings:
     speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    summary: SummarySettings = field(default_factory=SummarySettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -164,6 +185,7 @@ SECRET_KEYS = frozenset(
         ("twilio", "shared_keys"),
         ("webhook", "secret"),
         ("api", "tokens"),
+        ("summary", "llm_key"),
     }
 )
 
@@ -349,11 +371,48 @@ def check_values(settings: Settings) -> None:
         _check_http_url("CALLBRIDGE_WEBHOOK_URLS", url)
     if s.webhook.secret:
         decode_webhook_secret(s.webhook.secret)
+    _check_summary(s.summary)
     db = s.database.url
     if not (db.startswith("sqlite:///") or db.startswith(("postgresql://", "postgres://"))):
         raise ConfigError("DATABASE_URL", f"{db!r} is neither sqlite:///PATH nor postgresql://…")
     if s.logging.format not in {"auto", "json", "console"}:
         raise ConfigError("CALLBRIDGE_LOGGING_FORMAT", "must be auto, json or console")
+
+
+MIN_INPUT_BUDGET_TOKENS = 1000
+
+
+def _check_summary(summary: SummarySettings) -> None:
+    if not summary.enabled:
+        return
+    _check_http_url("CALLBRIDGE_SUMMARY_LLM_URL", summary.llm_url)
+    if not summary.llm_model.strip():
+        raise ConfigError(
+            "CALLBRIDGE_SUMMARY_LLM_MODEL",
+            "is not set; the AI summary (CALLBRIDGE_SUMMARY_LLM_URL) needs the model's name",
+        )
+    if summary.llm_structured_output not in {"auto", "json_schema", "json_object", "none"}:
+        raise ConfigError(
+            "CALLBRIDGE_SUMMARY_LLM_STRUCTURED_OUTPUT",
+            f"{summary.llm_structured_output!r} is not auto, json_schema, json_object or none",
+        )
+    if not summary.llm_timeout_s > 0:
+        raise ConfigError("CALLBRIDGE_SUMMARY_LLM_TIMEOUT_S", "must be more than 0")
+    if summary.llm_temperature > 2:
+        raise ConfigError(
+            "CALLBRIDGE_SUMMARY_LLM_TEMPERATURE", "must be at most 2 (below 0: not sent)"
+        )
+    if summary.llm_max_output_tokens < 256:
+        raise ConfigError("CALLBRIDGE_SUMMARY_LLM_MAX_OUTPUT_TOKENS", "must be at least 256")
+    if summary.llm_input_budget_tokens < MIN_INPUT_BUDGET_TOKENS:
+        raise ConfigError(
+            "CALLBRIDGE_SUMMARY_LLM_INPUT_BUDGET_TOKENS",
+            f"must be at least {MIN_INPUT_BUDGET_TOKENS} (the instructions alone take about 400)",
+        )
+    if summary.concurrency < 1:
+        raise ConfigError("CALLBRIDGE_SUMMARY_CONCURRENCY", "must be at least 1")
+    if summary.retry_for_s < 0:
+        raise ConfigError("CALLBRIDGE_SUMMARY_RETRY_FOR_S", "must not be negative")
 
 
 def check_serve(settings: Settings) -> None:

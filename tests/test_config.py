@@ -57,6 +57,20 @@ def test_fixed_environment_names_override_the_file(tmp_path: Path) -> None:
     check_serve(s)
 
 
+LLM_URL = "http://127.0.0.1:11434/v1"
+LLM = {"CALLBRIDGE_SUMMARY_LLM_URL": LLM_URL, "CALLBRIDGE_SUMMARY_LLM_MODEL": "llama3.1:8b"}
+
+
+def test_the_ai_summary_is_off_until_its_url_is_set() -> None:
+    assert not load_settings(environ={}).summary.enabled
+    # an unused model or key does not matter while the URL is unset
+    assert not load_settings(environ={"CALLBRIDGE_SUMMARY_LLM_MODEL": "m"}).summary.enabled
+    s = load_settings(environ={**LLM, "CALLBRIDGE_SUMMARY_LLM_KEY": "sk-llm-secret"})
+    assert s.summary.enabled and s.summary.llm_url == LLM_URL
+    assert (s.summary.llm_model, s.summary.llm_key) == ("llama3.1:8b", "sk-llm-secret")
+    assert "sk-llm-secret" not in str(redacted(s))
+
+
 @pytest.mark.parametrize(
     ("env", "setting"),
     [
@@ -69,6 +83,18 @@ def test_fixed_environment_names_override_the_file(tmp_path: Path) -> None:
         ({"CALLBRIDGE_SCRIBE_AUDIO_FORMAT": "mp3"}, "CALLBRIDGE_SCRIBE_AUDIO_FORMAT"),
         ({"CALLBRIDGE_TWILIO_VALIDATE": "maybe"}, "CALLBRIDGE_TWILIO_VALIDATE"),
         ({"CALLBRIDGE_SERVER_EVENT_LOOP": "tokio"}, "CALLBRIDGE_SERVER_EVENT_LOOP"),
+        ({"CALLBRIDGE_SUMMARY_LLM_URL": "localhost:11434"}, "CALLBRIDGE_SUMMARY_LLM_URL"),
+        ({"CALLBRIDGE_SUMMARY_LLM_URL": LLM_URL}, "CALLBRIDGE_SUMMARY_LLM_MODEL"),
+        (
+            {**LLM, "CALLBRIDGE_SUMMARY_LLM_STRUCTURED_OUTPUT": "xml"},
+            "CALLBRIDGE_SUMMARY_LLM_STRUCTURED_OUTPUT",
+        ),
+        (
+            {**LLM, "CALLBRIDGE_SUMMARY_LLM_INPUT_BUDGET_TOKENS": "500"},
+            "CALLBRIDGE_SUMMARY_LLM_INPUT_BUDGET_TOKENS",
+        ),
+        ({**LLM, "CALLBRIDGE_SUMMARY_CONCURRENCY": "0"}, "CALLBRIDGE_SUMMARY_CONCURRENCY"),
+        ({**LLM, "CALLBRIDGE_SUMMARY_LLM_TIMEOUT_S": "0"}, "CALLBRIDGE_SUMMARY_LLM_TIMEOUT_S"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], setting: str) -> None:
