@@ -51,11 +51,11 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
     if extra_sink is not None:
         sinks.append(extra_sink)
     app[SINK] = FanOutSink(sinks)
+    app.cleanup_ctx.append(_store_and_dispatcher)
+    app.on_shutdown.append(_end_live_calls)  # first: event streams see the calls end
     setup_twilio_routes(app)
     setup_bridge_routes(app)
     setup_api(app)
-    app.cleanup_ctx.append(_store_and_dispatcher)
-    app.on_shutdown.append(_end_live_calls)
     return app
 
 

@@ -25,7 +25,7 @@ from callbridge.api.formats import (
     transcript_to_json,
 )
 from callbridge.config import ConfigError, load_settings
-from callbridge.store.base import Store, StoreError
+from callbridge.store.base import CallStatus, Store, StoreError
 from callbridge.store.factory import open_store
 
 EXIT_OK = 0
@@ -49,6 +49,12 @@ def add_calls_commands(subparsers: argparse._SubParsersAction) -> None:  # type:
     listing = commands.add_parser("list", help="calls, newest first")
     listing.add_argument("--limit", type=_positive_int, default=20, help="calls per page (20)")
     listing.add_argument("--cursor", default=None, help="next_cursor printed by a previous page")
+    listing.add_argument(
+        "--status",
+        choices=[status.value for status in CallStatus],
+        default=None,
+        help="only calls in this state (live: streaming now)",
+    )
     listing.add_argument("--json", action="store_true", help="print the API's JSON page")
     listing.set_defaults(handler=run_list)
 
@@ -77,7 +83,8 @@ def _positive_int(raw: str) -> int:
 def run_list(args: argparse.Namespace, out: TextIO | None = None) -> int:
     async def work(store: Store) -> str:
         try:
-            calls, next_cursor = await store.list_calls(args.limit, args.cursor)
+            status = CallStatus(args.status) if args.status else None
+            calls, next_cursor = await store.list_calls(args.limit, args.cursor, status)
         except ValueError:
             raise StoreError("--cursor is not a cursor this command printed") from None
         if args.json:

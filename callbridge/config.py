@@ -116,6 +116,10 @@ class WebhookSettings:
 class ApiSettings:
     tokens: tuple[str, ...] = ()
     max_page_size: int = 200
+    events_poll_s: float = 1.0  # how often event streams look for other processes' events
+    events_heartbeat_s: float = 15.0  # a comment line on an idle event stream
+    events_buffer: int = 1000  # events waiting for one stream client before it is dropped
+    events_write_timeout_s: float = 30.0  # a stream client that takes longer is dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +379,11 @@ def check_values(settings: Settings) -> None:
     db = s.database.url
     if not (db.startswith("sqlite:///") or db.startswith(("postgresql://", "postgres://"))):
         raise ConfigError("DATABASE_URL", f"{db!r} is neither sqlite:///PATH nor postgresql://…")
+    for key in ("events_poll_s", "events_heartbeat_s", "events_write_timeout_s"):
+        if not getattr(s.api, key) > 0:
+            raise ConfigError(env_name("api", key), "must be more than 0")
+    if s.api.events_buffer < 1:
+        raise ConfigError("CALLBRIDGE_API_EVENTS_BUFFER", "must be at least 1")
     if s.logging.format not in {"auto", "json", "console"}:
         raise ConfigError("CALLBRIDGE_LOGGING_FORMAT", "must be auto, json or console")
 

@@ -690,6 +690,9 @@ async def test_store_failure_is_503(store: Store, seeded: dict[str, Any]) -> Non
     from callbridge.store.base import StoreError
 
     class BrokenStore:
+        def on_events_stored(self, callback: Any) -> None:
+            pass  # the one synchronous method: registering a callback touches no database
+
         def __getattr__(self, name: str) -> Any:
             async def fail(*args: Any, **kwargs: Any) -> Any:
                 raise StoreError("database is locked")

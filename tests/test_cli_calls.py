@@ -125,6 +125,16 @@ def test_list_json_everything(database: str, capsys: pytest.CaptureFixture[str])
     assert len(sids) == 4 and SID in sids
 
 
+def test_list_by_status(database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["calls", "list", "--status", "ended", "--json"], capsys)
+    assert code == 0
+    assert [c["call_sid"] for c in json.loads(out)["calls"]] == [SID]
+    code, out, _ = run(["calls", "list", "--status", "ringing", "--json"], capsys)
+    assert len(json.loads(out)["calls"]) == 3
+    code, out, _ = run(["calls", "list", "--status", "live", "--json"], capsys)
+    assert json.loads(out)["calls"] == []
+
+
 def test_fresh_database_keeps_stdout_pure_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

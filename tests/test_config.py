@@ -95,6 +95,8 @@ def test_the_ai_summary_is_off_until_its_url_is_set() -> None:
         ),
         ({**LLM, "CALLBRIDGE_SUMMARY_CONCURRENCY": "0"}, "CALLBRIDGE_SUMMARY_CONCURRENCY"),
         ({**LLM, "CALLBRIDGE_SUMMARY_LLM_TIMEOUT_S": "0"}, "CALLBRIDGE_SUMMARY_LLM_TIMEOUT_S"),
+        ({"CALLBRIDGE_API_EVENTS_POLL_S": "0"}, "CALLBRIDGE_API_EVENTS_POLL_S"),
+        ({"CALLBRIDGE_API_EVENTS_BUFFER": "0"}, "CALLBRIDGE_API_EVENTS_BUFFER"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], setting: str) -> None:

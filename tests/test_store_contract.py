@@ -236,13 +236,17 @@ async def test_every_event_gets_one_delivery_per_target(store: DurableStore) -> 
     assert await store.pending_deliveries_exist()
 
 
-async def test_no_targets_means_no_outbox_rows(backend: Backend) -> None:
+async def test_no_targets_means_no_deliveries_but_the_event_log_is_kept(
+    backend: Backend,
+) -> None:
     store = backend.store(targets=())
     await store.open()
     try:
         await run_call(store, "CA1")
-        assert await backend.raw_count("events", "CA1") == 0
+        assert await backend.raw_count("deliveries", "CA1") == 0
         assert not await store.pending_deliveries_exist()
+        logged = (await store.events_after({"CA1": 0}, 100))["CA1"]
+        assert logged is not None and len(logged) == 5
     finally:
         await store.close()
 
@@ -311,6 +315,22 @@ async def test_list_calls_pages_without_duplicates_or_gaps(
     assert cursor is None and len(page) == 23 + pages
 
 
+async def test_list_calls_by_status(store: DurableStore, backend: Backend) -> None:
+    await store.call_requested("CA-ringing", None, None, None)
+    for call_sid in ("CA-live-1", "CA-live-2", "CA-live-3"):
+        backend.clock.advance(1)
+        await store.call_started(call_info(call_sid), [])
+    await run_call(store, "CA-ended")
+    live, cursor = await store.list_calls(2, None, CallStatus.LIVE)
+    assert [c.call_sid for c in live] == ["CA-live-3", "CA-live-2"] and cursor is not None
+    rest, cursor = await store.list_calls(2, cursor, CallStatus.LIVE)
+    assert [c.call_sid for c in rest] == ["CA-live-1"] and cursor is None
+    ended_calls, _ = await store.list_calls(10, None, CallStatus.ENDED)
+    assert [c.call_sid for c in ended_calls] == ["CA-ended"]
+    ringing, _ = await store.list_calls(10, None, CallStatus.RINGING)
+    assert [c.call_sid for c in ringing] == ["CA-ringing"]
+
+
 async def test_list_calls_rejects_foreign_cursors(store: DurableStore) -> None:
     with pytest.raises(ValueError):
         await store.list_calls(10, "not-a-cursor")
@@ -329,6 +349,160 @@ async def test_delete_call_erases_rows(store: DurableStore, backend: Backend) ->
     assert not await store.delete_call("CA1")
     counts = await store.delivery_counts()
     assert counts.pending == 5 * len(TARGETS)
+
+
+# the event log ----------------------------------------------------------------------------
+
+
+async def test_event_log_numbers_each_calls_events_in_order(store: DurableStore) -> None:
+    info = call_info("CA1")
+    started = call_started_event(info)
+    await store.call_started(info, [started])
+    await run_call(store, "CA2", segments=1)
+    sent = [started]
+    for sequence in (1, 2):
+        seg = segment("CA1", sequence)
+        sent.append(transcript_committed_event(seg))
+        await store.segment_committed(seg, sent[-1:])
+    await store.segment_committed(segment("CA1", 3, text=""), [])  # no event: no position
+
+    log = (await store.events_after({"CA1": 0}, 100))["CA1"]
+    assert log is not None
+    assert [e.position for e in log] == [1, 2, 3]
+    assert [(e.event_id, e.event_type, e.body) for e in log] == [
+        (event.event_id, event.event_type, event.body) for event in sent
+    ]
+    assert all(e.call_sid == "CA1" for e in log)
+    # the same bytes as the webhook body
+    assert log[1].body == sent[1].body
+
+    after = await store.events_after({"CA1": 1, "CA2": 2, "CA-none": 0}, 1)
+    first_after = after["CA1"]
+    assert first_after is not None and [e.position for e in first_after] == [2]
+    ca2 = after["CA2"]
+    assert ca2 is not None and [e.event_type for e in ca2] == ["call.ended"]
+    assert after["CA-none"] is None
+    assert await store.events_after({}, 10) == {}
+
+    assert await store.event_position("CA1", sent[2].event_id) == 3
+    assert await store.event_position("CA2", sent[2].event_id) is None  # not that call's
+    assert await store.event_position("CA1", "evt_unknown") is None
+
+
+async def test_event_log_of_a_call_without_events_is_empty_not_missing(
+    store: DurableStore,
+) -> None:
+    await store.call_requested("CA1", None, None, None)
+    assert await store.events_after({"CA1": 0}, 10) == {"CA1": []}
+    await store.delete_call("CA1")
+    assert await store.events_after({"CA1": 0}, 10) == {"CA1": None}
+
+
+async def test_events_stored_callback_runs_after_commits_that_stored_events(
+    store: DurableStore,
+) -> None:
+    told: list[str] = []
+    store.on_events_stored(told.append)
+    await run_call(store, "CA1", segments=1)
+    assert told == ["CA1"] * 3
+    await store.segment_committed(segment("CA1", 2, text=""), [])
+    broken = OutboxEvent("evt_broken", "CA1", "transcript.committed", None, T0)  # type: ignore[arg-type]
+    with pytest.raises(StoreError):
+        await store.segment_committed(segment("CA1", 3), [broken])
+    assert told == ["CA1"] * 3  # nothing stored: nobody told
+    store.on_events_stored(None)
+    await run_call(store, "CA2", segments=0)
+    assert told == ["CA1"] * 3
+
+
+async def test_concurrent_writers_of_one_call_get_gap_free_positions(
+    store: DurableStore, backend: Backend
+) -> None:
+    await store.call_started(call_info("CA1"), [])
+    others = [backend.store() for _ in range(3)]
+    for other in others:
+        await other.open()
+    try:
+        writers = [store, *others]
+        await asyncio.gather(
+            *(
+                writers[sequence % len(writers)].segment_committed(
+                    segment("CA1", sequence), [transcript_committed_event(segment("CA1", sequence))]
+                )
+                for sequence in range(1, 25)
+            )
+        )
+    finally:
+        for other in others:
+            await other.close()
+    log = (await store.events_after({"CA1": 0}, 100))["CA1"]
+    assert log is not None and [e.position for e in log] == list(range(1, 25))
+
+
+async def test_purge_keeps_the_event_log(store: DurableStore, backend: Backend) -> None:
+    await run_call(store, "CA1", segments=0)
+    now = backend.clock()
+    for delivery in await store.claim_deliveries(now, 10, "me", 60):
+        await store.mark_delivered(delivery.delivery_id, "me")
+    assert await store.purge_finished_deliveries(now + timedelta(seconds=1)) == 2
+    assert await backend.raw_count("events", "CA1") == 2
+
+
+async def test_schema_1_events_are_numbered_in_stored_order_on_upgrade(backend: Backend) -> None:
+    from callbridge.store.sqlite import load_migrations
+
+    schema_1 = load_migrations(backend.kind if backend.kind == "sqlite" else "postgres")[0]
+    assert schema_1[0] == 1
+    rows = [
+        ("evt_b", "CA1", "call.started", 1),
+        ("evt_a", "CA1", "transcript.committed", 2),
+        ("evt_c", "CA2", "call.started", 3),
+        ("evt_0", "CA1", "call.ended", 4),
+    ]
+    if backend.kind == "sqlite":
+        with sqlite3.connect(backend.tmp_path / "callbridge.db") as conn:
+            conn.executescript(schema_1[1])
+            for event_id, call_sid, kind, at in rows:
+                conn.execute(
+                    "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                    (event_id, call_sid, kind, b"{}", at),
+                )
+            conn.execute("PRAGMA user_version = 1")
+    else:
+        conn = await asyncpg.connect(backend.url)
+        try:
+            await conn.execute(schema_1[1])
+            await conn.execute("CREATE TABLE callbridge_schema (version INTEGER NOT NULL)")
+            await conn.execute("INSERT INTO callbridge_schema VALUES (1)")
+            for event_id, call_sid, kind, at in rows:
+                await conn.execute(
+                    "INSERT INTO events VALUES ($1, $2, $3, $4, $5)",
+                    event_id,
+                    call_sid,
+                    kind,
+                    b"{}",
+                    T0 + timedelta(seconds=at),
+                )
+        finally:
+            await conn.close()
+    store = backend.store()
+    await store.open()
+    try:
+        await store.call_requested("CA1", None, None, None)
+        await store.call_requested("CA2", None, None, None)
+        log = await store.events_after({"CA1": 0, "CA2": 0}, 10)
+        assert [e.event_id for e in log["CA1"] or []] == ["evt_b", "evt_a", "evt_0"]
+        assert [e.position for e in log["CA1"] or []] == [1, 2, 3]
+        assert [e.position for e in log["CA2"] or []] == [1]
+        # and new events carry on after them
+        end = ended("CA2", 0)
+        await store.call_ended(end, {}, [call_ended_event(end, {})])
+        assert [e.position for e in (await store.events_after({"CA2": 0}, 10))["CA2"] or []] == [
+            1,
+            2,
+        ]
+    finally:
+        await store.close()
 
 
 # the outbox -------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document served at ``GET /openapi.json``.
 
 It describes every ``/v1`` route (parameters, responses, the JSON error shape, bearer
-security) and, under ``webhooks``, the three webhook event payloads of interface §5. The
+security) and, under ``webhooks``, the three webhook event payloads of interface §5, which
+the events stream also carries (beside its own ``transcript.partial``). The
 schemas mirror :mod:`callbridge.api.formats` and :mod:`callbridge.summary`; the API tests
 validate real responses against them.
 """
@@ -15,6 +16,7 @@ from callbridge.api.formats import CONTENT_TYPES, TRANSCRIPT_FORMATS
 from callbridge.config import Settings
 
 JSON = "application/json"
+EVENT_STREAM = "text/event-stream"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -180,6 +182,29 @@ CALL_STARTED = _event(
 
 TRANSCRIPT_COMMITTED = _event("transcript.committed", _obj(SEGMENT_FIELDS))
 
+TRANSCRIPT_PARTIAL = _event(
+    "transcript.partial",
+    _obj(
+        {
+            "call_sid": {"type": "string"},
+            "speaker": {"type": "string", "description": "the label of the segment on air"},
+            "track": {"type": "string", "enum": ["inbound", "outbound"]},
+            "text": {"type": "string", "description": "the segment's text so far; may change"},
+        }
+    ),
+)
+
+EVENTS_DESCRIPTION = (
+    "Server-Sent Events. Each stored webhook event of the call, in order, as `id: "
+    "<webhook-id>`, `event: <type>` and one `data:` line holding the exact JSON body the "
+    "webhooks carry (schemas under `webhooks`); from the first event, or after the one named "
+    "by `Last-Event-ID`, then live as events are committed. While the call is held by the "
+    "process that answers, `event: transcript.partial` messages (no `id:`, never stored; "
+    "schema `TranscriptPartialEvent`) carry the interim text of the segment on air. Comment "
+    "lines (`: keep-alive`) keep idle streams open. The stream ends after `call.ended`, "
+    "once no post-call work that stores more events for the call is pending."
+)
+
 CALL_ENDED = _event(
     "call.ended",
     _obj(
@@ -283,7 +308,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "content": {JSON: {"schema": _ref("CallPage")}},
                         },
                         "400": _error_response(
-                            "invalid limit or cursor, unknown or repeated query parameter"
+                            "invalid limit, cursor or status, unknown or repeated query parameter"
                         ),
                     },
                     [
@@ -304,6 +329,13 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "required": False,
                             "description": "next_cursor of the previous page (opaque)",
                             "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]*$"},
+                        },
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "required": False,
+                            "description": "only calls in this state (live: streaming now)",
+                            "schema": {"type": "string", "enum": ["ringing", "live", "ended"]},
                         },
                     ],
                 )
@@ -393,6 +425,38 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     [CALL_SID_PARAMETER],
                 )
             },
+            "/v1/calls/{call_sid}/events": {
+                "get": _operation(
+                    "streamCallEvents",
+                    "The call's events as Server-Sent Events, replayed then live",
+                    {
+                        "200": {
+                            "description": EVENTS_DESCRIPTION,
+                            "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
+                        },
+                        "204": {
+                            "description": (
+                                "Last-Event-ID names the call's last event and nothing more "
+                                "will come: an EventSource stops reconnecting"
+                            )
+                        },
+                        "400": _error_response(
+                            "Last-Event-ID is not an event of this call, or a query parameter"
+                        ),
+                        "404": not_found,
+                    },
+                    [
+                        CALL_SID_PARAMETER,
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "required": False,
+                            "description": "resume after this event (its webhook-id)",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                )
+            },
         },
         "webhooks": {
             "call.started": _webhook("A call's media stream started", "CallStartedEvent"),
@@ -436,6 +500,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "CallStartedEvent": CALL_STARTED,
                 "TranscriptCommittedEvent": TRANSCRIPT_COMMITTED,
                 "CallEndedEvent": CALL_ENDED,
+                "TranscriptPartialEvent": TRANSCRIPT_PARTIAL,
             },
         },
     }

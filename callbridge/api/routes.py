@@ -5,7 +5,10 @@ already carries ``SETTINGS`` and ``STORE`` (``LIVE_CALLS`` is optional). Decisio
 the interface:
 
 * ``GET /v1/calls``: ``limit`` 1…``ApiSettings.max_page_size`` (default 50), ``cursor`` as
-  returned in ``next_cursor``; anything else is ``400``.
+  returned in ``next_cursor``, ``status`` (``ringing``, ``live``, ``ended``) to list only
+  calls in that state; anything else is ``400``.
+* ``GET /v1/calls/{sid}/events``: Server-Sent Events, see
+  :mod:`callbridge.api.event_stream`.
 * ``GET /v1/calls/{sid}/summary``: ``409 call_not_ended`` while the call is ringing or live.
 * ``DELETE /v1/calls/{sid}``: ``409 call_live`` while the call is live (erasing it would
   race the bridge still writing its segments); ``?force=true`` erases a call that is
@@ -18,12 +21,13 @@ the interface:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from callbridge.api.auth import v1_middleware
+from callbridge.api.event_stream import LIVE_FEED, stream_call_events
 from callbridge.api.formats import (
     CONTENT_TYPES,
     TEXT_RENDERERS,
@@ -34,9 +38,11 @@ from callbridge.api.formats import (
 from callbridge.api.openapi import openapi_document
 from callbridge.context import LIVE_CALLS, SETTINGS, STORE
 from callbridge.http_errors import json_error
+from callbridge.live_feed import LiveFeed
 from callbridge.store.base import CallRecord, CallStatus
 
 DEFAULT_PAGE_SIZE = 50
+CALL_STATUSES = tuple(status.value for status in CallStatus)
 
 OPENAPI_DOCUMENT = web.AppKey("openapi_document", dict)
 
@@ -94,7 +100,7 @@ def parse_limit(raw: str | None, max_page_size: int) -> int | None:
     return limit if 1 <= limit <= max_page_size else None
 
 
-@query_params("limit", "cursor")
+@query_params("limit", "cursor", "status")
 async def list_calls(request: web.Request) -> web.Response:
     max_page_size = request.config_dict[SETTINGS].api.max_page_size
     limit = parse_limit(request.query.get("limit"), max_page_size)
@@ -102,9 +108,17 @@ async def list_calls(request: web.Request) -> web.Response:
         return json_error(
             400, "invalid_limit", f"limit must be a whole number from 1 to {max_page_size}"
         )
+    raw_status = request.query.get("status")
+    status = None
+    if raw_status is not None:
+        if raw_status not in CALL_STATUSES:
+            return json_error(
+                400, "invalid_status", f"status must be one of {', '.join(CALL_STATUSES)}"
+            )
+        status = CallStatus(raw_status)
     cursor = request.query.get("cursor") or None
     try:
-        calls, next_cursor = await request.config_dict[STORE].list_calls(limit, cursor)
+        calls, next_cursor = await request.config_dict[STORE].list_calls(limit, cursor, status)
     except ValueError:
         return json_error(400, "invalid_cursor", "cursor is not one this API returned")
     return web.json_response(
@@ -182,10 +196,35 @@ async def get_openapi(request: web.Request) -> web.Response:
     return web.json_response(request.app[OPENAPI_DOCUMENT])
 
 
+async def _run_live_feed(app: web.Application) -> AsyncIterator[None]:
+    feed = app[LIVE_FEED]
+    feed.start()
+    yield
+    await feed.stop()
+
+
+async def _stop_live_feed(app: web.Application) -> None:
+    # On shutdown, after live calls have ended: open event streams finish, so the server
+    # need not wait for them (their clients resume elsewhere with Last-Event-ID).
+    await app[LIVE_FEED].stop()
+
+
 def setup_api(app: web.Application) -> None:
-    """Add the ``/v1`` routes, their auth middleware and ``GET /openapi.json`` to ``app``."""
+    """Add the ``/v1`` routes, their auth middleware and ``GET /openapi.json`` to ``app``.
+
+    The events stream's :class:`~callbridge.live_feed.LiveFeed` runs with the application;
+    it needs the store open while anyone watches."""
     app.middlewares.append(v1_middleware)
     app[OPENAPI_DOCUMENT] = openapi_document(app[SETTINGS])
+    api = app[SETTINGS].api
+    app[LIVE_FEED] = LiveFeed(
+        app[STORE], poll_interval_s=api.events_poll_s, max_events=api.events_buffer
+    )
+    app.cleanup_ctx.append(_run_live_feed)
+    app.on_shutdown.append(_stop_live_feed)
+    app.router.add_get(
+        "/v1/calls/{call_sid}/events", query_params()(stream_call_events), name="v1_call_events"
+    )
     app.router.add_get("/v1/calls", list_calls, name="v1_list_calls")
     app.router.add_get("/v1/calls/{call_sid}", get_call, name="v1_get_call")
     app.router.add_get("/v1/calls/{call_sid}/transcript", get_transcript, name="v1_get_transcript")

@@ -3,7 +3,8 @@
 One small async interface so that SQLite (embedded default) and PostgreSQL (scale-out)
 are interchangeable. Writes that belong together happen in one transaction: a segment and
 its ``transcript.committed`` event, a call's end, its summary and its ``call.ended`` event
-(the transactional outbox).
+(the transactional outbox). Every event is kept as the call's event log, numbered per
+call, until the call is erased; deliveries to webhook targets are rows beside it.
 """
 
 from __future__ import annotations
@@ -64,6 +65,24 @@ class OutboxEvent:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One entry of a call's event log: the webhook event exactly as stored and sent.
+
+    ``position`` numbers a call's events 1, 2, 3 … in the order they were stored, without
+    gaps (events are only ever erased together with their call)."""
+
+    call_sid: str
+    position: int
+    event_id: str
+    event_type: str
+    body: bytes
+
+
+EventsStored = Callable[[str], None]
+"""Told the call sid after each commit that stored events of that call (event loop)."""
+
+
 class Store(Protocol):
     async def open(self) -> None:
         """Connect and apply schema migrations; raises :class:`StoreError`."""
@@ -95,14 +114,29 @@ class Store(Protocol):
     async def get_call(self, call_sid: str) -> CallRecord | None: ...
 
     async def list_calls(
-        self, limit: int, cursor: str | None
+        self, limit: int, cursor: str | None, status: CallStatus | None = None
     ) -> tuple[list[CallRecord], str | None]:
-        """Newest first; returns the page and the cursor of the next page (None at the end)."""
+        """Newest first, of one ``status`` if given; returns the page and the cursor of the
+        next page (None at the end)."""
 
     async def get_segments(self, call_sid: str) -> list[CommittedSegment]: ...
 
     async def delete_call(self, call_sid: str) -> bool:
-        """Erase the call, its segments and its undelivered events; False if unknown."""
+        """Erase the call, its segments and its events and deliveries; False if unknown."""
+
+    # the event log --------------------------------------------------------------------
+    async def events_after(
+        self, positions: Mapping[str, int], limit: int
+    ) -> dict[str, list[StoredEvent] | None]:
+        """For each call, up to ``limit`` of its events after ``positions[call_sid]``, in
+        order; None for a call the store does not hold (never seen, or erased)."""
+
+    async def event_position(self, call_sid: str, event_id: str) -> int | None:
+        """The position of one of the call's events, None if the call has no such event."""
+
+    def on_events_stored(self, callback: EventsStored | None) -> None:
+        """Call ``callback(call_sid)`` after every commit of this store object that stored
+        events (other processes' writes are not seen); None stops it."""
 
 
 # --- the webhook outbox: per-target deliveries (added for the dispatcher) -----------------
@@ -153,14 +187,17 @@ class WriteClaims:
 
 
 class ClaimsInWrite:
-    """The deliveries one write transaction leased under :class:`WriteClaims`."""
+    """The deliveries one write transaction leased under :class:`WriteClaims`, and the
+    calls it stored events of (for :meth:`Store.on_events_stored`)."""
 
-    __slots__ = ("claims", "deliveries", "refused")
+    __slots__ = ("claims", "deliveries", "event_calls", "events_stored", "refused")
 
-    def __init__(self, claims: WriteClaims | None) -> None:
+    def __init__(self, claims: WriteClaims | None, events_stored: EventsStored | None) -> None:
         self.claims = claims
+        self.events_stored = events_stored
         self.deliveries: list[Delivery] = []
         self.refused: set[str] = set()
+        self.event_calls: set[str] = set()
 
     def wants(self, target: str) -> bool:
         if self.claims is None:
@@ -173,10 +210,15 @@ class ClaimsInWrite:
     def rolled_back(self) -> None:
         self.deliveries.clear()
         self.refused.clear()
+        self.event_calls.clear()
 
     def hand_over(self) -> None:
-        """After the commit: give the leased deliveries to the dispatcher, and tell it
-        which targets have a claimable delivery it did not take."""
+        """After the commit: give the leased deliveries to the dispatcher, tell it which
+        targets have a claimable delivery it did not take, and tell the events watcher
+        which calls have new events."""
+        if self.events_stored is not None:
+            for call_sid in self.event_calls:
+                self.events_stored(call_sid)
         if self.claims is None:
             return
         if self.deliveries:
@@ -229,7 +271,8 @@ class OutboxStore(Protocol):
     async def pending_deliveries_exist(self) -> bool: ...
 
     async def purge_finished_deliveries(self, finished_before: datetime) -> int:
-        """Delete finished deliveries (and events left without any) older than a moment."""
+        """Delete deliveries finished before a moment (the events stay: they are the
+        call's event log, erased with the call)."""
 
 
 class DurableStore(Store, OutboxStore, Protocol):

@@ -28,7 +28,9 @@ from callbridge.store.base import (
     Delivery,
     DeliveryCounts,
     DeliveryStatus,
+    EventsStored,
     OutboxEvent,
+    StoredEvent,
     StoreError,
     WriteClaims,
     decode_cursor,
@@ -95,6 +97,7 @@ class PostgresStore:
         self._clock = clock
         self._pool: asyncpg.Pool | None = None
         self._claims: WriteClaims | None = None
+        self._events_stored: EventsStored | None = None
 
     @property
     def webhook_targets(self) -> tuple[str, ...]:
@@ -121,13 +124,16 @@ class PostgresStore:
     async def _write(self) -> AsyncIterator[tuple[asyncpg.Connection, ClaimsInWrite]]:
         """A transaction that may lease deliveries under write claims; handed over after
         the commit (a rollback leases nothing)."""
-        claims = ClaimsInWrite(self._claims)
+        claims = ClaimsInWrite(self._claims, self._events_stored)
         async with self._transaction() as conn:
             yield conn, claims
         claims.hand_over()
 
     def claim_on_write(self, claims: WriteClaims | None) -> None:
         self._claims = claims
+
+    def on_events_stored(self, callback: EventsStored | None) -> None:
+        self._events_stored = callback
 
     async def _claim_new_head(
         self,
@@ -218,16 +224,19 @@ class PostgresStore:
         now: datetime,
         claims: ClaimsInWrite,
     ) -> None:
-        if not self._targets or not events:
+        if not events:
             return
+        # The call's lock also makes max + 1 below the call's next position: writers of
+        # one call's events take turns, and each sees the last one's commit.
         for call_sid in sorted({event.call_sid for event in events}):
             await conn.execute(
                 "SELECT pg_advisory_xact_lock($1, hashtext($2))", _CALL_LOCK_SPACE, call_sid
             )
         for event in events:
             inserted = await conn.fetchval(
-                "INSERT INTO events (event_id, call_sid, event_type, body, created_at) "
-                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING "
+                "INSERT INTO events (event_id, call_sid, event_type, body, created_at, position) "
+                "VALUES ($1, $2, $3, $4, $5, (SELECT coalesce(max(position), 0) + 1 "
+                "FROM events WHERE call_sid = $2)) ON CONFLICT (event_id) DO NOTHING "
                 "RETURNING event_id",
                 event.event_id,
                 event.call_sid,
@@ -237,6 +246,7 @@ class PostgresStore:
             )
             if inserted is None:
                 continue
+            claims.event_calls.add(event.call_sid)
             for target in self._targets:
                 row = await conn.fetchrow(
                     "INSERT INTO deliveries (event_id, call_sid, target, status, is_head, "
@@ -405,26 +415,27 @@ class PostgresStore:
         return None if row is None else call_record(row, _as_is, _as_is)
 
     async def list_calls(
-        self, limit: int, cursor: str | None
+        self, limit: int, cursor: str | None, status: CallStatus | None = None
     ) -> tuple[list[CallRecord], str | None]:
         """Newest first. ``ValueError`` for a cursor this store did not hand out."""
         limit = max(1, limit)
         after = decode_cursor(cursor) if cursor else None
+        where: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            args.append(status.value)
+            where.append(f"status = ${len(args)}")
+        if after is not None:
+            args += [from_micros(after[0]), after[1]]
+            where.append(f"(created_at, call_sid) < (${len(args) - 1}, ${len(args)})")
+        args.append(limit + 1)
+        query = (
+            f"SELECT {CALL_COLUMNS} FROM calls "
+            + (f"WHERE {' AND '.join(where)} " if where else "")
+            + f"ORDER BY created_at DESC, call_sid DESC LIMIT ${len(args)}"
+        )
         async with self._connection() as conn:
-            if after is None:
-                rows = await conn.fetch(
-                    f"SELECT {CALL_COLUMNS} FROM calls "
-                    "ORDER BY created_at DESC, call_sid DESC LIMIT $1",
-                    limit + 1,
-                )
-            else:
-                rows = await conn.fetch(
-                    f"SELECT {CALL_COLUMNS} FROM calls WHERE (created_at, call_sid) < ($1, $2) "
-                    "ORDER BY created_at DESC, call_sid DESC LIMIT $3",
-                    from_micros(after[0]),
-                    after[1],
-                    limit + 1,
-                )
+            rows = await conn.fetch(query, *args)
         page = [call_record(row, _as_is, _as_is) for row in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
@@ -452,6 +463,52 @@ class PostgresStore:
             segments = await conn.execute("DELETE FROM segments WHERE call_sid = $1", call_sid)
             calls = await conn.execute("DELETE FROM calls WHERE call_sid = $1", call_sid)
         return any(not status.endswith(" 0") for status in (events, segments, calls))
+
+    # the event log ----------------------------------------------------------------------
+
+    async def events_after(
+        self, positions: Mapping[str, int], limit: int
+    ) -> dict[str, list[StoredEvent] | None]:
+        if not positions:
+            return {}
+        # One round trip for every watched call: each call's next events, and whether the
+        # call is still there (an erased call has no row).
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT w.call_sid, c.call_sid IS NOT NULL AS present, e.position, e.event_id, "
+                "e.event_type, e.body FROM unnest($1::text[], $2::bigint[]) AS w(call_sid, after) "
+                "LEFT JOIN calls c ON c.call_sid = w.call_sid "
+                "LEFT JOIN LATERAL (SELECT position, event_id, event_type, body FROM events "
+                "WHERE events.call_sid = w.call_sid AND events.position > w.after "
+                "ORDER BY position LIMIT $3) e ON TRUE "
+                "ORDER BY w.call_sid, e.position",
+                list(positions),
+                list(positions.values()),
+                max(1, limit),
+            )
+        found: dict[str, list[StoredEvent] | None] = {}
+        for row in rows:
+            call_sid = row["call_sid"]
+            events = found.setdefault(call_sid, [])
+            if row["position"] is not None:
+                assert events is not None
+                events.append(
+                    StoredEvent(
+                        call_sid, row["position"], row["event_id"], row["event_type"], row["body"]
+                    )
+                )
+            elif not row["present"]:
+                found[call_sid] = None
+        return found
+
+    async def event_position(self, call_sid: str, event_id: str) -> int | None:
+        async with self._connection() as conn:
+            position = await conn.fetchval(
+                "SELECT position FROM events WHERE event_id = $1 AND call_sid = $2",
+                event_id,
+                call_sid,
+            )
+        return None if position is None else int(position)
 
     # the outbox, for the dispatcher -------------------------------------------------------
 
@@ -560,15 +617,10 @@ class PostgresStore:
         return bool(found)
 
     async def purge_finished_deliveries(self, finished_before: datetime) -> int:
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             status = await conn.execute(
                 "DELETE FROM deliveries WHERE status IN ('delivered', 'failed') "
                 "AND finished_at < $1",
-                finished_before,
-            )
-            await conn.execute(
-                "DELETE FROM events WHERE created_at < $1 AND NOT EXISTS "
-                "(SELECT 1 FROM deliveries d WHERE d.event_id = events.event_id)",
                 finished_before,
             )
         return int(str(status).rsplit(" ", 1)[-1])

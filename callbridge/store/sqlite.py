@@ -29,7 +29,9 @@ from callbridge.store.base import (
     Delivery,
     DeliveryCounts,
     DeliveryStatus,
+    EventsStored,
     OutboxEvent,
+    StoredEvent,
     StoreError,
     WriteClaims,
     decode_cursor,
@@ -80,8 +82,8 @@ def _opt_micros(moment: datetime | None) -> int | None:
 class SqliteStore:
     """:class:`~callbridge.store.base.DurableStore` on a SQLite file.
 
-    ``webhook_targets`` are the URLs every event gets a delivery row for (none: events are
-    not stored at all, since nobody would receive them).
+    ``webhook_targets`` are the URLs every event gets a delivery row for. Events are
+    stored either way: they are the call's event log (``GET /v1/calls/{sid}/events``).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class SqliteStore:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._claims: WriteClaims | None = None
+        self._events_stored: EventsStored | None = None
         self._in_write: ClaimsInWrite | None = None  # the running write's; store thread only
 
     @property
@@ -123,7 +126,7 @@ class SqliteStore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        claims = ClaimsInWrite(self._claims)
+        claims = ClaimsInWrite(self._claims, self._events_stored)
 
         def transaction(conn: sqlite3.Connection) -> T:
             self._in_write = claims
@@ -146,6 +149,9 @@ class SqliteStore:
 
     def claim_on_write(self, claims: WriteClaims | None) -> None:
         self._claims = claims
+
+    def on_events_stored(self, callback: EventsStored | None) -> None:
+        self._events_stored = callback
 
     def _claim_new_head(
         self, conn: sqlite3.Connection, delivery_id: int, target: str, now: int
@@ -252,22 +258,25 @@ class SqliteStore:
     # the outbox, inside the caller's transaction --------------------------------------------
 
     def _enqueue(self, conn: sqlite3.Connection, events: Sequence[OutboxEvent], now: int) -> None:
-        if not self._targets:
-            return
         for event in events:
+            # Writes are serialised (BEGIN IMMEDIATE), so max + 1 is the call's next position.
             inserted = conn.execute(
-                "INSERT INTO events (event_id, call_sid, event_type, body, created_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                "INSERT INTO events (event_id, call_sid, event_type, body, created_at, position) "
+                "VALUES (?, ?, ?, ?, ?, (SELECT coalesce(max(position), 0) + 1 FROM events "
+                "WHERE call_sid = ?)) ON CONFLICT (event_id) DO NOTHING",
                 (
                     event.event_id,
                     event.call_sid,
                     event.event_type,
                     event.body,
                     to_micros(event.created_at),
+                    event.call_sid,
                 ),
             ).rowcount
             if not inserted:
                 continue
+            if self._in_write is not None:
+                self._in_write.event_calls.add(event.call_sid)
             for target in self._targets:
                 delivery_id, is_head = conn.execute(
                     "INSERT INTO deliveries (event_id, call_sid, target, status, is_head, "
@@ -448,24 +457,28 @@ class SqliteStore:
         return await self._run(work)
 
     async def list_calls(
-        self, limit: int, cursor: str | None
+        self, limit: int, cursor: str | None, status: CallStatus | None = None
     ) -> tuple[list[CallRecord], str | None]:
         """Newest first. ``ValueError`` for a cursor this store did not hand out."""
         limit = max(1, limit)
         after = decode_cursor(cursor) if cursor else None
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(str(status))
+        if after is not None:
+            where.append("(created_at, call_sid) < (?, ?)")
+            params += [after[0], after[1]]
+        query = (
+            f"SELECT {CALL_COLUMNS} FROM calls "
+            + (f"WHERE {' AND '.join(where)} " if where else "")
+            + "ORDER BY created_at DESC, call_sid DESC LIMIT ?"
+        )
+        params.append(limit + 1)
 
         def work(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-            if after is None:
-                return conn.execute(
-                    f"SELECT {CALL_COLUMNS} FROM calls "
-                    "ORDER BY created_at DESC, call_sid DESC LIMIT ?",
-                    (limit + 1,),
-                ).fetchall()
-            return conn.execute(
-                f"SELECT {CALL_COLUMNS} FROM calls WHERE (created_at, call_sid) < (?, ?) "
-                "ORDER BY created_at DESC, call_sid DESC LIMIT ?",
-                (after[0], after[1], limit + 1),
-            ).fetchall()
+            return conn.execute(query, params).fetchall()
 
         rows = await self._run(work)
         page = [call_record(row, json.loads, from_micros) for row in rows[:limit]]
@@ -496,6 +509,46 @@ class SqliteStore:
             return bool(calls or segments or events)
 
         return await self._write(work)
+
+    # the event log ----------------------------------------------------------------------
+
+    async def events_after(
+        self, positions: Mapping[str, int], limit: int
+    ) -> dict[str, list[StoredEvent] | None]:
+        wanted = dict(positions)
+
+        def work(conn: sqlite3.Connection) -> dict[str, list[StoredEvent] | None]:
+            found: dict[str, list[StoredEvent] | None] = {}
+            for call_sid, after in wanted.items():
+                rows = conn.execute(
+                    "SELECT position, event_id, event_type, body FROM events "
+                    "WHERE call_sid = ? AND position > ? ORDER BY position LIMIT ?",
+                    (call_sid, after, max(1, limit)),
+                ).fetchall()
+                if (
+                    not rows
+                    and not conn.execute(
+                        "SELECT 1 FROM calls WHERE call_sid = ?", (call_sid,)
+                    ).fetchone()
+                ):
+                    found[call_sid] = None
+                    continue
+                found[call_sid] = [
+                    StoredEvent(call_sid, row[0], row[1], row[2], bytes(row[3])) for row in rows
+                ]
+            return found
+
+        return await self._run(work)
+
+    async def event_position(self, call_sid: str, event_id: str) -> int | None:
+        def work(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT position FROM events WHERE event_id = ? AND call_sid = ?",
+                (event_id, call_sid),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._run(work)
 
     # the outbox, for the dispatcher -------------------------------------------------------
 
@@ -625,16 +678,10 @@ class SqliteStore:
         before = to_micros(finished_before)
 
         def work(conn: sqlite3.Connection) -> int:
-            removed = conn.execute(
+            return conn.execute(
                 "DELETE FROM deliveries WHERE status IN ('delivered', 'failed') "
                 "AND finished_at < ?",
                 (before,),
             ).rowcount
-            conn.execute(
-                "DELETE FROM events WHERE created_at < ? AND NOT EXISTS "
-                "(SELECT 1 FROM deliveries d WHERE d.event_id = events.event_id)",
-                (before,),
-            )
-            return removed
 
         return await self._write(work)
