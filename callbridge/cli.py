@@ -56,6 +56,16 @@ def run_emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_llm_emulator(args: argparse.Namespace) -> int:
+    from callbridge.testing.llm_emulator import main as emulator_main
+
+    forwarded = ["--port", str(args.port), "--api-key", args.api_key]
+    for model in args.model or []:
+        forwarded += ["--model", model]
+    emulator_main(forwarded)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="callbridge",
@@ -88,6 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--api-key", default="test-key")
     emulator.add_argument("--transcriber", choices=("duration", "tones"), default="duration")
     emulator.set_defaults(handler=run_emulator)
+
+    llm = commands.add_parser(
+        "emulate-llm",
+        help="run the bundled OpenAI-compatible LLM emulator (AI summaries, local testing)",
+    )
+    llm.add_argument("--port", type=int, default=8766)
+    llm.add_argument("--api-key", default="sk-emulated-test-key", help="empty: accept any key")
+    llm.add_argument(
+        "--model",
+        action="append",
+        help="a model it serves (repeat; default: callbridge-emulated-llm)",
+    )
+    llm.set_defaults(handler=run_llm_emulator)
 
     add_calls_commands(commands)
     from callbridge.demo import add_demo_command

@@ -22,6 +22,7 @@ from callbridge.api.formats import (
     TEXT_RENDERERS,
     TRANSCRIPT_FORMATS,
     call_to_json,
+    summary_to_json,
     transcript_to_json,
 )
 from callbridge.config import ConfigError, load_settings
@@ -121,7 +122,7 @@ def run_show(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if call is None:
             raise CallNotFound(args.call_sid)
         shown: dict[str, Any] = call_to_json(call)
-        shown["summary"] = dict(call.summary) if call.summary is not None else None
+        shown["summary"] = summary_to_json(call)
         return json.dumps(shown, indent=2, ensure_ascii=False) + "\n"
 
     return _run(args, work, out)

@@ -549,6 +549,30 @@ async def test_summary_of_ended_call(
     assert body["transcript"] == "caller: Hi <there> & welcome\nagent: Hello, how can I help?"
 
 
+async def test_summary_carries_the_ai_summary_as_it_progresses(
+    client: TestClient[web.Request, web.Application], store: Store, seeded: dict[str, Any]
+) -> None:
+    url = f"/v1/calls/{ENDED}/summary"
+    assert "ai" not in await (await client.get(url, headers=AUTH)).json()  # AI summary off
+    call = await (await client.get(f"/v1/calls/{ENDED}", headers=AUTH)).json()
+    assert call["ai_summary_status"] is None
+    for ai in (
+        {"status": "pending", "created_at": "2025-03-04T05:06:08.000Z"},
+        {
+            "status": "failed",
+            "created_at": "2025-03-04T05:07:08.000Z",
+            "model": None,
+            "error": {"code": "llm_unavailable", "message": "timeout (gave up)"},
+        },
+    ):
+        assert await store.set_ai_summary(ENDED, ai, [])
+        body = await (await client.get(url, headers=AUTH)).json()
+        assert body["ai"] == ai
+        assert {k: v for k, v in body.items() if k != "ai"} == seeded["summary"]
+        call = await (await client.get(f"/v1/calls/{ENDED}", headers=AUTH)).json()
+        assert call["ai_summary_status"] == ai["status"]
+
+
 # --- paging ----------------------------------------------------------------------------
 
 

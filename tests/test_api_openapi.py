@@ -20,6 +20,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.core.parameters import ParameterLocation
 
+from callbridge.ai_summary.records import failed_record, pending_record, ready_record
+from callbridge.ai_summary.summarizer import Usage, WrittenSummary
 from callbridge.api.openapi import openapi_document
 from callbridge.api.routes import setup_api
 from callbridge.config import ApiSettings, Settings
@@ -46,6 +48,21 @@ ENDED = "CA" + "a" * 32
 LIVE = "CA" + "b" * 32
 RINGING = "CA" + "c" * 32
 SEEDED = [ENDED, LIVE, RINGING]
+READY_AI = ready_record(
+    WrittenSummary(
+        content={
+            "gist": "The caller said hello. The agent welcomed them.",
+            "reason": "To say hello.",
+            "outcome": {"status": "resolved", "text": "Both said hello."},
+            "action_items": [{"owner": "agent", "text": "Send the welcome pack."}],
+            "sentiment": {"caller": "neutral", "agent": "positive"},
+        },
+        model="gpt-4o-mini-2024-07-18",
+        parts=1,
+        usage=Usage(requests=1, prompt_tokens=420, completion_tokens=96),
+    ),
+    utc_now(),
+)
 
 
 def segment(call_sid: str, sequence: int, speaker: str, text: str, start: int) -> CommittedSegment:
@@ -101,6 +118,7 @@ async def seed(store: Store) -> None:
         language_code="en",
     )
     await store.call_ended(ended, summarize(ended, segments), [])
+    await store.set_ai_summary(ENDED, READY_AI, [])
     await store.call_requested(RINGING, None, None, None)
 
 
@@ -137,7 +155,12 @@ def test_document_covers_every_route() -> None:
     assert "409" in paths["/v1/calls/{call_sid}"]["delete"]["responses"]
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     assert document["security"] == [{"bearerAuth": []}]
-    assert set(document["webhooks"]) == {"call.started", "transcript.committed", "call.ended"}
+    assert set(document["webhooks"]) == {
+        "call.started",
+        "transcript.committed",
+        "call.ended",
+        "call.summarized",
+    }
     limit = paths["/v1/calls"]["get"]["parameters"][0]["schema"]
     assert limit["maximum"] == 25
     # every schema is itself valid JSON Schema 2020-12
@@ -191,16 +214,45 @@ def test_webhook_schemas_accept_interface_payloads() -> None:
             "summary": summary,
         },
     }
+    failed = failed_record("llm_unavailable", "429: slow down (gave up)", utc_now())
+    summarized = [
+        {
+            "type": "call.summarized",
+            "timestamp": "2025-01-01T00:00:09.000Z",
+            "data": {"call_sid": ENDED, "ai": ai},
+        }
+        for ai in (READY_AI, failed)
+    ]
+    call_ended["data"]["summary"] = {**summary, "ai": pending_record(utc_now())}
     for payload, name in [
         (started, "CallStartedEvent"),
         (committed, "TranscriptCommittedEvent"),
         (call_ended, "CallEndedEvent"),
+        (summarized[0], "CallSummarizedEvent"),
+        (summarized[1], "CallSummarizedEvent"),
     ]:
         validator(document, {"$ref": f"#/components/schemas/{name}"}).validate(payload)
     with pytest.raises(jsonschema_rs.ValidationError):
         validator(document, {"$ref": "#/components/schemas/CallEndedEvent"}).validate(
             {**call_ended, "type": "call.started"}
         )
+
+
+def test_the_ai_summary_schema_requires_what_each_status_promises() -> None:
+    document = openapi_document(SETTINGS_UNDER_TEST)
+    ai = validator(document, {"$ref": "#/components/schemas/AISummary"})
+    ai.validate(READY_AI)
+    ai.validate(pending_record(utc_now()))
+    bad = [
+        {key: value for key, value in READY_AI.items() if key != "gist"},  # ready, no gist
+        {**READY_AI, "outcome": {"status": "done", "text": "x"}},
+        {**READY_AI, "sentiment": {"caller": "furious"}},
+        {"status": "failed", "created_at": "2025-01-01T00:00:00.000Z"},  # failed, no error
+        {"status": "thinking", "created_at": "2025-01-01T00:00:00.000Z"},
+    ]
+    for value in bad:
+        with pytest.raises(jsonschema_rs.ValidationError):
+            ai.validate(value)
 
 
 def _known_call() -> tuple[CallEnded, list[CommittedSegment]]:

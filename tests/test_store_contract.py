@@ -30,6 +30,7 @@ from callbridge.store.sqlite import SqliteStore
 from callbridge.webhooks.events import (
     call_ended_event,
     call_started_event,
+    call_summarized_event,
     transcript_committed_event,
 )
 
@@ -227,6 +228,28 @@ async def test_call_lifecycle_round_trips(store: DurableStore) -> None:
     assert record.from_number == "+15550001"
     assert record.language_code == "en"
     assert await store.get_call("CA-unknown") is None
+
+
+async def test_the_ai_summary_is_stored_with_the_call_and_its_event(
+    store: DurableStore, backend: Backend
+) -> None:
+    await run_call(store, "CA1")
+    assert (await store.get_call("CA1")).ai_summary is None  # type: ignore[union-attr]
+    end = ended("CA2", 0)
+    await store.call_ended(end, {"talk_ratio": 0}, [call_ended_event(end, {})])
+    events_before = await backend.raw_count("events", "CA2")
+    ready = {"status": "ready", "created_at": "2025-01-02T03:05:00.000Z", "gist": "Ünïcode ✓"}
+    event = call_summarized_event("CA2", ready)
+    assert await store.set_ai_summary("CA2", ready, [event])
+    record = await store.get_call("CA2")
+    assert record is not None and record.ai_summary == ready
+    assert record.summary == {"talk_ratio": 0}  # the analytics summary is untouched
+    assert await backend.raw_count("events", "CA2") == events_before + 1
+    # an erased (or unknown) call stores nothing, and sends nothing
+    assert await store.delete_call("CA2")
+    assert not await store.set_ai_summary("CA2", ready, [call_summarized_event("CA2", ready)])
+    assert await store.get_call("CA2") is None
+    assert await backend.raw_count("events", "CA2") == 0
 
 
 async def test_every_event_gets_one_delivery_per_target(store: DurableStore) -> None:

@@ -52,7 +52,18 @@ def call_to_json(call: CallRecord) -> dict[str, Any]:
         "language_code": call.language_code,
         "degraded": call.degraded,
         "summary_available": call.summary is not None,
+        "ai_summary_status": None if call.ai_summary is None else call.ai_summary.get("status"),
     }
+
+
+def summary_to_json(call: CallRecord) -> dict[str, Any] | None:
+    """The post-call summary as served: the stored one, with the AI summary as ``ai``."""
+    if call.summary is None:
+        return None
+    summary = dict(call.summary)
+    if call.ai_summary is not None:
+        summary["ai"] = dict(call.ai_summary)
+    return summary
 
 
 def segment_to_json(segment: CommittedSegment) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """The OpenAPI 3.1 document served at ``GET /openapi.json``.
 
 It describes every ``/v1`` route (parameters, responses, the JSON error shape, bearer
-security) and, under ``webhooks``, the three webhook event payloads of interface §5, which
-the events stream also carries (beside its own ``transcript.partial``). The
+security) and, under ``webhooks``, the webhook event payloads of interface §5, which
+the events stream also carries (beside its own ``transcript.partial``). The AI summary's
+schema (``AISummary``) is the one the bridge validates LLM answers against
+(:mod:`callbridge.ai_summary.schema`). The
 schemas mirror :mod:`callbridge.api.formats` and :mod:`callbridge.summary`; the API tests
 validate real responses against them.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from callbridge import __version__ as _package_version
+from callbridge.ai_summary.schema import AI_SUMMARY_SCHEMA, AIStatus
 from callbridge.api.formats import CONTENT_TYPES, TRANSCRIPT_FORMATS
 from callbridge.config import Settings
 
@@ -87,6 +90,11 @@ CALL = _obj(
         "language_code": _nullable("string"),
         "degraded": _nullable("string", description="why transcription was incomplete"),
         "summary_available": {"type": "boolean"},
+        "ai_summary_status": {
+            "type": ["string", "null"],
+            "enum": [*(str(s) for s in AIStatus), None],
+            "description": "the AI summary's status; null when the call has none",
+        },
     }
 )
 
@@ -124,6 +132,7 @@ SUMMARY = _obj(
         "longest_turn_ms": MS,
         "longest_turn_speaker": _nullable("string"),
         "transcript": {"type": "string", "description": "one 'speaker: text' line per segment"},
+        "ai": _ref("AISummary"),
     },
     required=[
         "call_sid",
@@ -217,6 +226,12 @@ CALL_ENDED = _event(
             "summary": _ref("Summary"),
         }
     ),
+)
+
+
+CALL_SUMMARIZED = _event(
+    "call.summarized",
+    _obj({"call_sid": {"type": "string"}, "ai": _ref("AISummary")}),
 )
 
 
@@ -416,7 +431,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "The post-call summary",
                     {
                         "200": {
-                            "description": "the summary",
+                            "description": (
+                                "the summary; with the AI summary on (CALLBRIDGE_SUMMARY_LLM_URL) "
+                                "it also has ai: pending, then ready or failed"
+                            ),
                             "content": {JSON: {"schema": _ref("Summary")}},
                         },
                         "404": not_found,
@@ -465,6 +483,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "TranscriptCommittedEvent",
             ),
             "call.ended": _webhook("A call's transcription ended", "CallEndedEvent"),
+            "call.summarized": _webhook(
+                "A call's AI summary is ready, or has finally failed (ai.status)",
+                "CallSummarizedEvent",
+            ),
         },
         "components": {
             "securitySchemes": {
@@ -497,10 +519,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 ),
                 "SpeakerStats": SPEAKER_STATS,
                 "Summary": SUMMARY,
+                "AISummary": AI_SUMMARY_SCHEMA,
                 "CallStartedEvent": CALL_STARTED,
                 "TranscriptCommittedEvent": TRANSCRIPT_COMMITTED,
                 "CallEndedEvent": CALL_ENDED,
                 "TranscriptPartialEvent": TRANSCRIPT_PARTIAL,
+                "CallSummarizedEvent": CALL_SUMMARIZED,
             },
         },
     }

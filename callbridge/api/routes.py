@@ -9,7 +9,8 @@ the interface:
   calls in that state; anything else is ``400``.
 * ``GET /v1/calls/{sid}/events``: Server-Sent Events, see
   :mod:`callbridge.api.event_stream`.
-* ``GET /v1/calls/{sid}/summary``: ``409 call_not_ended`` while the call is ringing or live.
+* ``GET /v1/calls/{sid}/summary``: ``409 call_not_ended`` while the call is ringing or live;
+  ``ai`` (the AI summary's state) is added when the call has one.
 * ``DELETE /v1/calls/{sid}``: ``409 call_live`` while the call is live (erasing it would
   race the bridge still writing its segments); ``?force=true`` erases a call that is
   recorded as live but whose stream is not open in this process (e.g. after a crash).
@@ -33,6 +34,7 @@ from callbridge.api.formats import (
     TEXT_RENDERERS,
     TRANSCRIPT_FORMATS,
     call_to_json,
+    summary_to_json,
     transcript_to_json,
 )
 from callbridge.api.openapi import openapi_document
@@ -165,9 +167,10 @@ async def get_summary(request: web.Request) -> web.Response:
             "call_not_ended",
             f"call {found.call_sid!r} is {found.status}; its summary exists once it has ended",
         )
-    if found.summary is None:
+    summary = summary_to_json(found)
+    if summary is None:
         return json_error(404, "summary_not_found", f"call {found.call_sid!r} has no summary")
-    return web.json_response(dict(found.summary))
+    return web.json_response(summary)
 
 
 @query_params("force")

@@ -52,6 +52,7 @@ class CallRecord:
     language_code: str | None
     degraded: str | None
     summary: Mapping[str, Any] | None
+    ai_summary: Mapping[str, Any] | None = None  # the ``ai`` object (interface §6), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,12 @@ class Store(Protocol):
         self, ended: CallEnded, summary: Mapping[str, Any], events: Sequence[OutboxEvent]
     ) -> None:
         """Store the end, the summary and the ``call.ended`` event, in one transaction."""
+
+    async def set_ai_summary(
+        self, call_sid: str, ai_summary: Mapping[str, Any], events: Sequence[OutboxEvent]
+    ) -> bool:
+        """Store the call's AI summary state and enqueue its event, in one transaction;
+        False (and nothing stored) when the call is unknown, e.g. erased meanwhile."""
 
     async def twilio_status(self, call_sid: str, status: str, duration_s: int | None) -> None:
         """Record a Twilio call status callback."""

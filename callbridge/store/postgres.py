@@ -392,6 +392,20 @@ class PostgresStore:
             )
             await self._enqueue(conn, events, now, claims)
 
+    async def set_ai_summary(
+        self, call_sid: str, ai_summary: Mapping[str, Any], events: Sequence[OutboxEvent]
+    ) -> bool:
+        now = self._clock()
+        async with self._write() as (conn, claims):
+            updated = await conn.fetchval(
+                "UPDATE calls SET ai_summary = $1 WHERE call_sid = $2 RETURNING true",
+                dict(ai_summary),
+                call_sid,
+            )
+            if updated:
+                await self._enqueue(conn, events, now, claims)
+            return bool(updated)
+
     async def twilio_status(self, call_sid: str, status: str, duration_s: int | None) -> None:
         async with self._connection() as conn:
             await conn.execute(

@@ -17,7 +17,7 @@ from callbridge.store.base import CallRecord, CallStatus, Delivery
 CALL_COLUMNS = (
     "call_sid, status, stream_sid, account_sid, from_number, to_number, tracks, "
     "custom_parameters, created_at, started_at, ended_at, duration_ms, end_reason, "
-    "twilio_status, twilio_duration_s, segments, language_code, degraded, summary"
+    "twilio_status, twilio_duration_s, segments, language_code, degraded, summary, ai_summary"
 )
 # From ``deliveries d JOIN events e``: what a claimed delivery carries to the dispatcher.
 DELIVERY_COLUMNS = (
@@ -45,6 +45,7 @@ def call_record(row: Row, json: DecodeJson, time: DecodeTime) -> CallRecord:
         return None if value is None else time(value)
 
     summary = row["summary"]
+    ai_summary = row["ai_summary"]
     return CallRecord(
         call_sid=row["call_sid"],
         status=CallStatus(row["status"]),
@@ -65,6 +66,7 @@ def call_record(row: Row, json: DecodeJson, time: DecodeTime) -> CallRecord:
         language_code=row["language_code"],
         degraded=row["degraded"],
         summary=None if summary is None else json(summary),
+        ai_summary=None if ai_summary is None else json(ai_summary),
     )
 
 

@@ -432,6 +432,22 @@ class SqliteStore:
 
         await self._write(work)
 
+    async def set_ai_summary(
+        self, call_sid: str, ai_summary: Mapping[str, Any], events: Sequence[OutboxEvent]
+    ) -> bool:
+        now = self._now_us()
+
+        def work(conn: sqlite3.Connection) -> bool:
+            updated = conn.execute(
+                "UPDATE calls SET ai_summary = ? WHERE call_sid = ?",
+                (json.dumps(dict(ai_summary)), call_sid),
+            ).rowcount
+            if updated:
+                self._enqueue(conn, events, now)
+            return bool(updated)
+
+        return await self._write(work)
+
     async def twilio_status(self, call_sid: str, status: str, duration_s: int | None) -> None:
         now = self._now_us()
 

@@ -18,6 +18,7 @@ from callbridge.store.base import OutboxEvent
 CALL_STARTED = "call.started"
 TRANSCRIPT_COMMITTED = "transcript.committed"
 CALL_ENDED = "call.ended"
+CALL_SUMMARIZED = "call.summarized"
 
 
 def new_event_id() -> str:
@@ -73,3 +74,11 @@ def call_ended_event(
         "summary": dict(summary),
     }
     return _event(ended.call_sid, CALL_ENDED, data, now or utc_now())
+
+
+def call_summarized_event(
+    call_sid: str, ai_summary: Mapping[str, Any], now: datetime | None = None
+) -> OutboxEvent:
+    """The AI summary is ready, or has finally failed (``ai.status`` says which)."""
+    data = {"call_sid": call_sid, "ai": dict(ai_summary)}
+    return _event(call_sid, CALL_SUMMARIZED, data, now or utc_now())
