@@ -15,6 +15,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -22,7 +23,9 @@ from aiohttp import web
 from callbridge.api.routes import setup_api
 from callbridge.bridge import REGISTRY, setup_bridge_routes
 from callbridge.config import Settings, redacted
-from callbridge.context import SETTINGS, SINK, STORE
+from callbridge.context import EVENT_WRITERS, SETTINGS, SINK, STORE
+from callbridge.event_journal import replay_journals
+from callbridge.event_writer import EventWriters, WriterSettings
 from callbridge.models import EndReason, utc_now
 from callbridge.sink import CallEventSink, FanOutSink, LoggingSink
 from callbridge.store.factory import open_store
@@ -51,6 +54,9 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
     if extra_sink is not None:
         sinks.append(extra_sink)
     app[SINK] = FanOutSink(sinks)
+    app[EVENT_WRITERS] = EventWriters(
+        WriterSettings(journal_dir=Path(settings.database.journal_dir))
+    )
     app.cleanup_ctx.append(_store_and_dispatcher)
     app.on_shutdown.append(_end_live_calls)  # first: event streams see the calls end
     setup_twilio_routes(app)
@@ -66,11 +72,18 @@ async def _store_and_dispatcher(app: web.Application) -> AsyncIterator[None]:
     dispatcher = app[DISPATCHER]
     await dispatcher.start()
     purger = asyncio.create_task(_purge_finished(app), name="purge-deliveries")
+    # Call events a previous process journaled (the store was down) go to the store now.
+    replayer = asyncio.create_task(
+        replay_journals(Path(settings.database.journal_dir), app[SINK]), name="replay-journals"
+    )
     try:
         yield
     finally:
         purger.cancel()
-        await asyncio.gather(purger, return_exceptions=True)
+        replayer.cancel()
+        await asyncio.gather(purger, replayer, return_exceptions=True)
+        # Writers still waiting for the store journal what they hold, for the next start.
+        await app[EVENT_WRITERS].stop()
         await dispatcher.stop(timeout=settings.webhook.timeout_s)
         await store.close()
 

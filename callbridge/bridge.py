@@ -18,7 +18,7 @@ import os
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from callbridge.context import LIVE_CALLS, SETTINGS, SINK
+from callbridge.context import EVENT_WRITERS, LIVE_CALLS, SETTINGS, SINK
 from callbridge.http_errors import json_error
 from callbridge.models import EndReason
 from callbridge.session import INTERNAL_PARAMETER_PREFIX, CallSession, StreamDescription
@@ -186,6 +186,7 @@ def _start_session(
             custom_parameters=params,
         ),
         app[SINK],
+        writers=app[EVENT_WRITERS],
     )
     if not registry.add(session, ws):
         raise _StreamRefused("this call already has a media stream open")

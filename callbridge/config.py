@@ -145,6 +145,7 @@ class SummarySettings:
 @dataclass(frozen=True, slots=True)
 class DatabaseSettings:
     url: str = "sqlite:///./callbridge.db"
+    journal_dir: str = "callbridge-journal"
 
 
 @dataclass(frozen=True, slots=True)

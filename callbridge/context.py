@@ -7,6 +7,7 @@ from typing import Protocol
 from aiohttp import web
 
 from callbridge.config import Settings
+from callbridge.event_writer import EventWriters
 from callbridge.models import EndReason
 from callbridge.sink import CallEventSink
 from callbridge.store.base import DurableStore
@@ -25,3 +26,4 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", DurableStore)
 LIVE_CALLS = web.AppKey("live_calls", LiveCalls)
 SINK = web.AppKey("sink", CallEventSink)
+EVENT_WRITERS = web.AppKey("event_writers", EventWriters)

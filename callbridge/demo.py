@@ -107,7 +107,9 @@ def demo_settings(
         turns=turns,
         webhook=WebhookSettings(urls=(webhook_url,), secret=webhook_secret, backoff_initial_s=0.2),
         api=ApiSettings(tokens=(api_token,)),
-        database=DatabaseSettings(url=f"sqlite:///{database_path}"),
+        database=DatabaseSettings(
+            url=f"sqlite:///{database_path}", journal_dir=str(database_path.parent / "journal")
+        ),
         logging=LoggingSettings(format=base.logging.format, level=log_level),
     )
 

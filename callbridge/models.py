@@ -150,8 +150,13 @@ class CallEnded:
     ended_at: datetime
     duration_ms: int  # length of the stream on its own clock
     reason: EndReason
-    segments: int  # committed segments, empty ones included
+    segments: int  # committed segments (transcripts with text), as numbered
     activity: tuple[TrackActivity, ...]
     language_code: str | None = None
     degraded: str | None = None  # why transcription was incomplete, if it was
     audio_lost_ms: int = 0  # audio the bridge had to drop (never silently)
+    # Committed transcripts with empty text (noise, music, a tone): not segments, counted.
+    empty_transcripts: int = 0
+    # Turns never transcribed because Scribe was gone for good (their audio is in
+    # audio_lost_ms): not segments either.
+    untranscribed_turns: int = 0

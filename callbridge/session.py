@@ -1,25 +1,30 @@
 """One call, end to end: Twilio frames in, committed segments out, through one Scribe stream.
 
-Per frame (the hot path) a :class:`CallSession` places the frame on its track's clock
-(:class:`TrackClock` fills timestamp gaps with μ-law silence), and hands it to the
+Per frame (the hot path) a :class:`CallSession` re-frames the payload into whole 20 ms
+frames when it is not one already (:class:`~callbridge.audio.framing.FrameAligner`),
+places each frame on its track's clock (:class:`TrackClock` fills timestamp gaps with μ-law
+silence), and hands it to the
 :class:`~callbridge.turns.TurnSegmenter`, which decides turns and feeds the
 :class:`~callbridge.transcriber.SegmentTranscriber`. No logging, tasks or I/O happen per
 frame. Transcripts come back as :class:`~callbridge.models.CommittedSegment` with gap-free
-sequence numbers and leave through a bounded queue to the call's
-:class:`~callbridge.sink.CallEventSink`, in order, on one writer task.
+sequence numbers (a transcript with empty text is not a segment: it is counted, not
+numbered) and leave through the call's :class:`~callbridge.event_writer.CallEventWriter`
+to its :class:`~callbridge.sink.CallEventSink`, in order, never dropped, in bounded memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
-from callbridge.audio.ulaw import BYTES_PER_MS, FRAME_MS, silence
+from callbridge.audio.framing import FrameAligner
+from callbridge.audio.ulaw import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, silence
 from callbridge.config import Settings
+from callbridge.event_writer import CallEventWriter, EventWriters, WriterSettings
 from callbridge.models import (
     CallEnded,
     CallInfo,
@@ -37,7 +42,6 @@ from callbridge.transcriber import Connect, SegmentTranscriber, TranscriberSetti
 from callbridge.turns import PlannedSegment, TurnSegmenter
 
 INTERNAL_PARAMETER_PREFIX = "cb_"
-_SINK_BACKLOG_WARNING = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,7 @@ class CallSession:
         *,
         connect: Connect | None = None,
         transcriber_settings: TranscriberSettings | None = None,
+        writers: EventWriters | None = None,
     ) -> None:
         self.settings = settings
         self.stream = stream
@@ -120,13 +125,13 @@ class CallSession:
         )
         self._segmenter = TurnSegmenter(stream.tracks, settings.turns, self._transcriber)
         self._clocks = {track: TrackClock() for track in stream.tracks}
+        self._aligners = {track: FrameAligner() for track in stream.tracks}
         self._sequence = 0
-        # Committed results are never dropped; the queue only grows if the sink stalls,
-        # by about one segment per turn, and a stall is logged.
-        self._events: deque[CallInfo | CommittedSegment | CallEnded | None] = deque()
-        self._events_ready = asyncio.Event()
-        self._stall_logged = False
-        self._writer: asyncio.Task[None] | None = None
+        self._empty_transcripts = 0
+        if writers is None:
+            writers = EventWriters(WriterSettings(journal_dir=Path(settings.database.journal_dir)))
+        self._writers = writers
+        self._events: CallEventWriter | None = None
         self._finished: asyncio.Future[CallEnded] | None = None
         self._started_at = utc_now()
         self._stream_end_ms = 0
@@ -148,7 +153,7 @@ class CallSession:
             },
             started_at=self._started_at,
         )
-        self._writer = asyncio.create_task(self._write_events(), name="call-sink")
+        self._events = self._writers.open(self._sink, self.stream.call_sid, self.log)
         self._emit(info)
         self._transcriber.start()
         self.log.info("call.stream_started", tracks=info.tracks)
@@ -159,6 +164,14 @@ class CallSession:
         if clock is None or self._finished is not None:
             self.ignored_frames += 1
             return
+        aligner = self._aligners[track]
+        if len(payload) == FRAME_BYTES and not aligner.pending:
+            self._place(track, clock, timestamp_ms, payload)
+            return
+        for start_ms, frame in aligner.push(timestamp_ms, payload):
+            self._place(track, clock, start_ms, frame)
+
+    def _place(self, track: Track, clock: TrackClock, timestamp_ms: int, payload: bytes) -> None:
         placed = clock.place(timestamp_ms, payload)
         if placed is None:
             return
@@ -184,6 +197,9 @@ class CallSession:
             return await asyncio.shield(self._finished)
         self._finished = asyncio.get_running_loop().create_future()
         try:
+            for track, aligner in self._aligners.items():
+                for start_ms, frame in aligner.flush():
+                    self._place(track, self._clocks[track], start_ms, frame)
             self._segmenter.finish()
             await self._transcriber.drain(self._drain_timeout())
             degraded = self._transcriber.degraded
@@ -195,6 +211,8 @@ class CallSession:
                 duration_ms=self._stream_end_ms,
                 reason=EndReason.ERROR if degraded and reason is EndReason.STOP else reason,
                 segments=self._sequence,
+                empty_transcripts=self._empty_transcripts,
+                untranscribed_turns=self._transcriber.untranscribed,
                 activity=tuple(
                     TrackActivity(t, self._labels[t], self._segmenter.activity(t))
                     for t in self._segmenter.tracks
@@ -204,27 +222,35 @@ class CallSession:
                 audio_lost_ms=lost_ms,
             )
             self._emit(ended)
-            self._emit(None)
-            if self._writer is not None:
-                await self._writer
+            stored = True
+            if self._events is not None:
+                self._events.close()
+                # Stored, or journaled while the store is down (then the writer carries on
+                # in the background): the call's end never waits for a store outage.
+                stored = await self._events.settled()
+            if not stored:
+                self.log.warning("call.events_pending_store", journaled=True)
             if degraded or lost_ms:
                 self.log.warning("call.degraded", degraded=degraded, audio_lost_ms=lost_ms)
             self.log.info(
                 "call.finished",
                 reason=str(ended.reason),
                 segments=ended.segments,
+                empty_transcripts=ended.empty_transcripts,
                 duration_ms=ended.duration_ms,
                 degraded=degraded,
                 audio_lost_ms=lost_ms,
                 gap_filled_ms=sum(c.filled_ms for c in self._clocks.values()),
+                odd_payloads=sum(a.odd_payloads for a in self._aligners.values()),
+                empty_payloads=sum(a.empty_payloads for a in self._aligners.values()),
                 reconnects=self._transcriber.reconnects,
             )
             self._finished.set_result(ended)
             return ended
         except BaseException as exc:
             self._finished.set_exception(exc)
-            if self._writer is not None:
-                self._writer.cancel()
+            if self._events is not None:
+                await self._events.stop()  # journals what it holds
             await self._transcriber.abort()
             raise
 
@@ -241,6 +267,11 @@ class CallSession:
         words: tuple[Word, ...],
         language_code: str | None,
     ) -> None:
+        if not text.strip():
+            # Silence, noise, music, a tone: not a segment (interface §5). No number, not
+            # stored, not sent; counted for the call's figures.
+            self._empty_transcripts += 1
+            return
         self._sequence += 1
         committed = CommittedSegment(
             call_sid=self.stream.call_sid,
@@ -256,31 +287,6 @@ class CallSession:
         )
         self._emit(committed)
 
-    def _emit(self, event: CallInfo | CommittedSegment | CallEnded | None) -> None:
-        self._events.append(event)
-        self._events_ready.set()
-        if len(self._events) > _SINK_BACKLOG_WARNING and not self._stall_logged:
-            self._stall_logged = True
-            self.log.warning("call.sink_behind", pending=len(self._events))
-
-    async def _write_events(self) -> None:
-        while True:
-            if not self._events:
-                self._events_ready.clear()
-                await self._events_ready.wait()
-                continue
-            event = self._events.popleft()
-            if event is None:
-                return
-            for attempt in range(5):
-                try:
-                    if isinstance(event, CallInfo):
-                        await self._sink.call_started(event)
-                    elif isinstance(event, CommittedSegment):
-                        await self._sink.segment_committed(event)
-                    else:
-                        await self._sink.call_ended(event)
-                    break
-                except Exception:
-                    self.log.exception("call.sink_failed", attempt=attempt + 1)
-                    await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+    def _emit(self, event: CallInfo | CommittedSegment | CallEnded) -> None:
+        if self._events is not None:
+            self._events.put(event)

@@ -21,11 +21,14 @@
   segment has any, else its whitespace-separated tokens.
 * **words_per_minute**: ``words / (talk_ms / 60000)`` rounded to one decimal; 0.0 when the
   speaker's measured talk time is 0.
-* **segments**: the committed segment count of the call, empty ones included.
+* **segments**: the committed segments of the call (transcripts with text, numbered 1..n;
+  a committed transcript with empty text is not a segment).
 * **transcript**: one ``speaker: text`` line per segment with non-empty text, in sequence
   order, joined by ``\\n`` (newlines inside a segment's text become spaces).
 
 Extras: ``stream_sid``, ``ended_at``, ``reason``, ``degraded``, ``audio_lost_ms``,
+``empty_transcripts`` (commits Scribe answered with empty text: noise, music, tones, a
+cough), ``untranscribed_turns`` (turns never transcribed because Scribe was gone for good),
 ``talk_ms`` (total), ``speech_ms`` (time anyone speaks), ``turns`` (total) and
 ``longest_turn_speaker``.
 """
@@ -146,6 +149,8 @@ def summarize(ended: CallEnded, segments: Sequence[CommittedSegment]) -> dict[st
         "reason": str(ended.reason),
         "degraded": ended.degraded,
         "audio_lost_ms": ended.audio_lost_ms,
+        "empty_transcripts": ended.empty_transcripts,
+        "untranscribed_turns": ended.untranscribed_turns,
         "language_code": ended.language_code or _most_common_language(segments),
         "segments": ended.segments,
         "speakers": speakers,

@@ -126,9 +126,9 @@ class SegmentTranscriber:
         self._retained_ms = 0
         self._last_text = ""
         self._answers = 0  # windows answered on the current connection
-        self._commit_interval_s = settings.min_commit_interval_s
         self.degraded: str | None = None
         self.lost_ms = 0
+        self.untranscribed = 0  # turns never transcribed (Scribe gone for good)
         self.connections = 0
         self.reconnects = 0
         self.language_code: str | None = options.language_code or None
@@ -160,8 +160,8 @@ class SegmentTranscriber:
 
     def commit(self, segment: PlannedSegment | None) -> None:
         if self._dead:
-            if segment is not None:  # the turn still happened: record it, untranscribed
-                self._on_segment(segment, "", (), self.language_code)
+            if segment is not None:  # the turn still happened: count it, untranscribed
+                self.untranscribed += 1
             return
         window = self._current
         if window is None:
@@ -264,7 +264,14 @@ class SegmentTranscriber:
                     failures = 0  # the session worked for a while: start the backoff afresh
                 failures += 1
                 if exc.kind == "commit_throttled":
-                    self._commit_interval_s = min(10.0, max(0.5, 2 * self._commit_interval_s))
+                    # Every commit the connection sends carries ≥ 0.3 s, so this is a bug
+                    # (or a new rule of the service): the session is lost, replay recovers.
+                    self._log.error(
+                        "scribe.commit_throttled",
+                        detail=exc.detail,
+                        close_code=exc.close_code,
+                        unanswered=self.unanswered,
+                    )
                 self._log.warning(
                     "scribe.retrying",
                     kind=exc.kind,
@@ -326,7 +333,10 @@ class SegmentTranscriber:
             assert window.segment is not None
             self._count_lost(window.at_risk_ms + len(window.audio) // BYTES_PER_MS)
             window.at_risk_ms = 0
-            self._deliver(window, "", None)
+            if window.texts:  # an auto-commit answered part of it: that text is kept
+                self._deliver(window, " ".join(window.texts), window.language_code)
+            else:
+                self.untranscribed += 1
         self._windows.clear()
         self._current = None
         self._outbox.clear()
@@ -370,11 +380,17 @@ class SegmentTranscriber:
             head = outbox[0]
             if isinstance(head, _Commit):
                 outbox.popleft()
-                wait = self._commit_interval_s - (time.monotonic() - last_commit)
+                wait = s.min_commit_interval_s - (time.monotonic() - last_commit)
                 if wait > 0:
                     await asyncio.sleep(wait)
                 self._awaiting.append(head.window)
-                await conn.commit()
+                # The connection pads a short window with silence (the 0.3 s rule); that
+                # silence is on the session clock, after the window's words.
+                padded_ms = await conn.commit()
+                if padded_ms:
+                    if head.window.session_ms is not None:
+                        head.window.inserted.append((session_ms, float(padded_ms)))
+                    session_ms += padded_ms
                 if head.window is open_window:
                     open_window = None
                 last_commit = self._last_send = time.monotonic()

@@ -65,7 +65,9 @@ def bridge_settings(
             urls=tuple(webhook_urls), secret=webhook_secret, backoff_initial_s=0.05
         ),
         api=ApiSettings(tokens=(API_TOKEN,)),
-        database=DatabaseSettings(url=f"sqlite:///{tmp_path / 'bridge.db'}"),
+        database=DatabaseSettings(
+            url=f"sqlite:///{tmp_path / 'bridge.db'}", journal_dir=str(tmp_path / "journal")
+        ),
     )
 
 

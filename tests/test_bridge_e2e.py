@@ -7,7 +7,9 @@ exactly which audio reached it: every word can be traced back to one speaker.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import re
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -266,6 +268,40 @@ async def test_pcm_8000_option_converts_the_audio(tmp_path: Path, emulator: Scri
         segments = [s for s in await bridge.store.get_segments(sim.call_sid) if s.text]
         assert [tokens(s) for s in segments] == [["tone500", "tone700"]]
     assert emulator.sessions[0].query["audio_format"] == ["pcm_8000"]
+
+
+async def test_odd_and_empty_payloads_are_reframed_and_never_end_transcription(
+    bridge: RunningBridge, emulator: ScribeEmulator
+) -> None:
+    # Payloads "can be any length" (163 bytes has been seen); empty ones carry nothing.
+    caller_words = [[500, 600, 700], [800, 900]]
+    caller = track(6000, [(300, caller_words[0]), (3000, caller_words[1])], 11)
+    sizes = [160, 163, 157, 0, 160, 321, 1, 159, 160, 0, 80, 80]  # repeated over the call
+    sim = bridge.simulator()
+    await sim.connect()
+    await sim.send_start(["inbound"])
+    offset = index = 0
+    while offset < len(caller):
+        size = sizes[index % len(sizes)]
+        index += 1
+        assert await sim.send_media(IN, caller[offset : offset + size], offset // 8)
+        offset += size
+    await sim.send_stop()
+    await sim.close()
+    await wait_ended(bridge, sim.call_sid)
+    record = await bridge.store.get_call(sim.call_sid)
+    assert record is not None and record.degraded is None and record.end_reason == "stop"
+    segments = await bridge.store.get_segments(sim.call_sid)
+    assert [tokens(s) for s in segments] == [[f"tone{f}" for f in w] for w in caller_words]
+    # What reached Scribe is the caller's audio, every byte, in whole 20 ms frames.
+    (session,) = emulator.sessions
+    assert all(len(c.audio) % FRAME_BYTES == 0 for c in session.chunks)
+    # Each commit window, without the idle silence around it, is a slice of the caller's.
+    bounds = [0, *session.commits]
+    windows = [session.audio[a:b] for a, b in itertools.pairwise(bounds)]
+    pieces = [p.strip(b"\xff") for w in windows for p in re.split(b"\xff{160,}", w)]
+    pieces = [p for p in pieces if p]
+    assert len(pieces) == 2 and all(piece in caller for piece in pieces)
 
 
 def test_emulated_tone_words_are_distinct() -> None:

@@ -116,7 +116,6 @@ joined_base64 = base64.b64encode(FRAME[:100]).decode() + base64.b64encode(FRAME[
         (chunk(extra=1), "input_error"),
         (chunk(audio_base64="AA=="), "input_error"),  # TTS spelling as an extra key
         (chunk(audio_base_64=joined_base64), "input_error"),  # joined base64 strings
-        (chunk(FRAME[:80]), "input_error"),  # half a 20 ms frame
         (chunk(sample_rate=16000), "input_error"),
         (chunk(sample_rate="8000"), "input_error"),
         (chunk(commit="false"), "input_error"),
@@ -128,7 +127,6 @@ joined_base64 = base64.b64encode(FRAME[:100]).decode() + base64.b64encode(FRAME[
         (chunk(audio_base_64="not base64!"), "input_error"),
         ("not json", "input_error"),
         (FRAME, "input_error"),  # binary frame
-        (chunk(FRAME * 60), "chunk_size_exceeded"),  # 1.2 s > 1 s
     ],
 )
 async def test_malformed_client_messages_are_rejected(
@@ -147,6 +145,74 @@ async def test_malformed_client_messages_are_rejected(
     assert len(session.chunks) == 1  # the invalid message was not recorded as audio
 
 
+async def test_chunks_of_any_size_are_accepted(emulator: ScribeEmulator) -> None:
+    # The official SDK sends 8,192-byte chunks: not whole 20 ms frames, and over 1 s.
+    websocket, _ = await open_raw(emulator)
+    sizes = [8192, 163, 80, 1]
+    for size in sizes:
+        await websocket.send(chunk(b"\xff" * size))
+    await websocket.send(chunk(b"", commit=True))
+    committed = json.loads(await websocket.recv())
+    assert committed["message_type"] == "committed_transcript" and committed["text"] == ""
+    assert emulator.sessions[0].audio_bytes == sum(sizes)
+    assert emulator.sessions[0].errors_sent == []
+    await websocket.close()
+
+
+async def test_a_chunk_size_cap_is_an_opt_in_fault() -> None:
+    async with ScribeEmulator(max_chunk_ms=1000) as emulator:
+        websocket, _ = await open_raw(emulator)
+        await websocket.send(chunk(FRAME * 60))  # 1.2 s > 1 s
+        error, close_code = await error_then_close(websocket)
+        assert error["message_type"] == "chunk_size_exceeded" and close_code == 1008
+
+
+@pytest.mark.parametrize(
+    ("audio_ms", "seconds"), [(0, "0.00"), (20, "0.02"), (200, "0.20"), (299, "0.29")]
+)
+async def test_a_commit_below_0_3_s_is_throttled_and_closes_the_session(
+    emulator: ScribeEmulator, audio_ms: int, seconds: str
+) -> None:
+    websocket, _ = await open_raw(emulator)
+    await websocket.send(chunk(b"\xff" * (audio_ms * 8), commit=True))
+    message = json.loads(await websocket.recv())
+    assert message == {  # the live text (reference §2.2), with the actual seconds
+        "message_type": "commit_throttled",
+        "error": f"Commit request ignored: only {seconds}s of uncommitted audio. "
+        "You need at least 0.3s of uncommitted audio before committing.",
+    }
+    with pytest.raises(ConnectionClosed):
+        await websocket.recv()  # no committed transcript for it: the socket closes
+    assert websocket.close_code == 1000 and websocket.close_reason == "commit_throttled"
+    session = emulator.sessions[0]
+    assert session.committed == [] and session.throttled_commits == [audio_ms * 8]
+
+
+async def test_an_empty_commit_right_after_a_commit_is_throttled(emulator: ScribeEmulator) -> None:
+    websocket, _ = await open_raw(emulator)
+    await websocket.send(chunk(b"\xff" * 2400, commit=True))  # exactly 0.3 s: accepted
+    assert json.loads(await websocket.recv()) == {
+        "message_type": "committed_transcript",
+        "text": "",
+    }
+    await websocket.send(chunk(b"", commit=True))
+    error, close_code = await error_then_close(websocket)
+    assert error["message_type"] == "commit_throttled" and "only 0.00s" in error["error"]
+    assert close_code == 1000 and websocket.close_reason == "commit_throttled"
+
+
+async def test_auth_error_is_followed_by_a_close_1000() -> None:
+    async with ScribeEmulator(api_key="right") as emulator:
+        websocket, first = await open_raw(emulator, key="wrong")
+        assert first == {
+            "message_type": "auth_error",
+            "error": "You must be authenticated to use this endpoint.",
+        }
+        with pytest.raises(ConnectionClosed):
+            await websocket.recv()
+        assert websocket.close_code == 1000 and not websocket.close_reason
+
+
 async def test_previous_text_after_the_first_chunk_is_rejected(emulator: ScribeEmulator) -> None:
     websocket, _ = await open_raw(emulator)
     await websocket.send(chunk(previous_text="hello there"))
@@ -160,7 +226,7 @@ async def test_previous_text_after_the_first_chunk_is_rejected(emulator: ScribeE
 async def test_explicit_null_previous_text_is_accepted(emulator: ScribeEmulator) -> None:
     websocket, _ = await open_raw(emulator)
     await websocket.send(chunk(previous_text=None))
-    await websocket.send(chunk(previous_text=None))
+    await websocket.send(chunk(b"\xff" * 2400, previous_text=None))
     await websocket.send(chunk(b"", commit=True))
     committed = json.loads(await websocket.recv())
     assert committed == {"message_type": "committed_transcript", "text": ""}
@@ -213,7 +279,7 @@ def test_transcript_text_modes() -> None:
 async def test_commit_delay_holds_back_committed_messages() -> None:
     async with ScribeEmulator(commit_delay_s=0.3) as emulator:
         websocket, _ = await open_raw(emulator)
-        await websocket.send(chunk(commit=True))
+        await websocket.send(chunk(FRAME * 20, commit=True))
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
         await websocket.recv()

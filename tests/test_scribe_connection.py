@@ -225,15 +225,14 @@ async def test_previous_text_only_on_the_first_chunk(emulator: ScribeEmulator) -
     await connection.send_audio(b"", previous_text=context)
     with pytest.raises(ValueError, match="first chunk"):
         await connection.send_audio(b"\xff" * 160, previous_text="again")
-    with pytest.raises(ValueError, match="frames"):
-        await connection.send_audio(b"\xff" * 80)
     await connection.send_audio(b"\xff" * 160)
     await connection.commit()
     assert (await next_committed(connection, with_timestamps=False)).text == ""
     chunks = emulator.sessions[0].chunks
     assert chunks[0].previous_text == context[-50:].lstrip()
     assert len(chunks[0].previous_text or "") <= 50
-    assert [c.previous_text for c in chunks[1:]] == [None, None]
+    # the audio, the padding the commit needed (0.3 s rule), the commit
+    assert [c.previous_text for c in chunks[1:]] == [None, None, None]
     assert emulator.sessions[0].errors_sent == []
     await connection.close()
 
@@ -246,10 +245,28 @@ async def test_commit_throttled_is_a_retryable_error() -> None:
         assert (await next_committed(connection, with_timestamps=False)).text == ""
         error = await expect_error(connection)
     assert (error.kind, error.retryable) == ("commit_throttled", True)
-    assert error.close_code == 1008
+    assert error.close_code == 1000  # as observed: the socket is gone all the same
     with pytest.raises(ScribeError) as again:
         await connection.send_audio(b"\xff" * 160)
     assert again.value.kind == "commit_throttled"
+
+
+@pytest.mark.parametrize("sent_ms", [0, 20, 100, 299, 320, 340, 400])
+async def test_every_commit_carries_the_floor_and_reports_its_padding(
+    emulator: ScribeEmulator, sent_ms: int
+) -> None:
+    connection = await ScribeConnection.open(options_for(emulator))
+    for _ in range(2):  # the second commit right after the first: an empty window
+        if sent_ms:
+            await connection.send_audio(b"\x11" * (sent_ms * 8))
+        padded_ms = await connection.commit()
+        assert padded_ms == max(0, -(-(340 - sent_ms) // 20) * 20)
+        await next_committed(connection, with_timestamps=False)
+    session = emulator.sessions[0]
+    assert session.errors_sent == [] and session.throttled_commits == []
+    assert session.commits[0] >= 2720 and session.commits[1] - session.commits[0] >= 2720
+    assert connection.ledger.commits == 2
+    await connection.close()
 
 
 async def test_session_time_limit_is_retryable() -> None:

@@ -78,6 +78,7 @@ def test_call_ended_body() -> None:
         "ended_at": "2025-06-01T12:00:00.250Z",
         "duration_ms": 61_000,
         "segments": 7,
+        "empty_transcripts": 0,
         "reason": "hangup",
         "summary": {"call_sid": "CA1", "segments": 7},
     }

@@ -18,6 +18,7 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from callbridge.scribe.commit_rule import CommitLedger
 from callbridge.scribe.errors import (
     AUDIO_FORMAT_MISMATCH,
     CLOSED,
@@ -65,6 +66,9 @@ class ScribeConnection:
         self.chunks_sent = 0
         self.audio_bytes_sent = 0
         self.commits_sent = 0
+        self.commits_answered = 0
+        self.ledger = CommitLedger(options.bytes_per_ms, options.frame_bytes)
+        self._silence_byte = b"\xff" if options.audio_format == "ulaw_8000" else b"\x00"
         self._messages_sent = 0
         self._closing = False
         self._failure: ScribeError | None = None  # the error that ended this session
@@ -107,16 +111,14 @@ class ScribeConnection:
     # -- sending ---------------------------------------------------------------------------
 
     async def send_audio(self, audio: bytes, *, previous_text: str | None = None) -> None:
-        """Send one ``input_audio_chunk`` of whole 20 ms frames.
+        """Send one ``input_audio_chunk`` (the bridge sends whole 20 ms frames; the service
+        takes any size, but 16-bit PCM must hold whole samples).
 
         ``previous_text`` (context for the model) is only allowed on the connection's first
         message; it is trimmed to its last ``previous_text_max`` characters.
         """
-        frame_bytes = self.options.frame_bytes
-        if len(audio) % frame_bytes:
-            raise ValueError(
-                f"audio is {len(audio)} bytes, not a whole number of {frame_bytes}-byte frames"
-            )
+        if self.options.bytes_per_ms == 16 and len(audio) % 2:
+            raise ValueError(f"PCM audio of {len(audio)} bytes is not whole 16-bit samples")
         payload: dict[str, Any] = {
             "message_type": "input_audio_chunk",
             "audio_base_64": base64.b64encode(audio).decode("ascii"),
@@ -132,9 +134,19 @@ class ScribeConnection:
         await self._send(payload)
         self.chunks_sent += 1
         self.audio_bytes_sent += len(audio)
+        self.ledger.sent(len(audio))
 
-    async def commit(self) -> None:
-        """Close the current segment; its ``committed_transcript`` follows."""
+    async def commit(self) -> int:
+        """Close the current segment; its ``committed_transcript`` follows.
+
+        Every commit carries at least :data:`~callbridge.scribe.commit_rule.COMMIT_FLOOR_MS`
+        of audio sent on this connection since the previous one: when less went out, silence
+        is sent first. Returns the milliseconds of silence inserted (0 usually), which the
+        caller places on its session clock.
+        """
+        padding = self.ledger.padding_bytes()
+        if padding:
+            await self.send_audio(self._silence_byte * padding)
         await self._send(
             {
                 "message_type": "input_audio_chunk",
@@ -143,7 +155,10 @@ class ScribeConnection:
                 "sample_rate": self.options.sample_rate,
             }
         )
+        padded_ms = padding // self.options.bytes_per_ms
+        self.ledger.committed(padded_ms)
         self.commits_sent += 1
+        return padded_ms
 
     async def _send(self, payload: dict[str, Any]) -> None:
         if self._failure is not None:
@@ -183,6 +198,13 @@ class ScribeConnection:
             if isinstance(message, UnknownMessage | SessionStarted):
                 self._note_skipped(message)
                 continue
+            if isinstance(message, CommittedTranscript) and not message.with_timestamps:
+                # One plain committed_transcript answers each commit; one more than was
+                # asked for is the service's own auto-commit, which restarted its count.
+                self.commits_answered += 1
+                if self.commits_answered > self.commits_sent:
+                    self.commits_answered = self.commits_sent
+                    self.ledger.service_committed()
             return message
 
     def _note_skipped(self, message: UnknownMessage | SessionStarted) -> None:

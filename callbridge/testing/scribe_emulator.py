@@ -6,6 +6,16 @@ strict validation of every ``input_audio_chunk``, manual commits (plus the 90 s
 auto-commit), ``committed_transcript`` (+ ``_with_timestamps``), occasional partials, and
 ``{"message_type": <type>, "error": <text>}`` errors followed by a close.
 
+The rules the reference marks *observed* on the live service are followed exactly: a
+commit with less than 0.3 s of audio since the previous commit (an empty one included) is
+answered with ``commit_throttled`` (the live text, with the actual seconds), no committed
+transcript, and a close 1000 with reason ``commit_throttled``; ``auth_error`` is followed by
+a close 1000 without a reason; a commit of 0.3 s or more without speech gets an empty
+``committed_transcript``. Rules the reference does not support are off by default: chunks
+of any size are accepted (the official SDK sends 8,192 bytes), and the chunk-size cap and a
+commit-frequency throttle exist only as opt-in faults (``max_chunk_ms``,
+``min_commit_interval_s``).
+
 Recognition is synthetic (see :mod:`callbridge.testing.speech`): the emulator finds voiced
 runs in the audio it received and reports them, never inventing words. In ``"tones"`` mode
 each run is the word ``tone<freq>`` (e.g. ``tone550``); in ``"duration"`` mode the text is
@@ -94,7 +104,11 @@ CLIENT_FIELDS = frozenset(
     {"message_type", "audio_base_64", "commit", "sample_rate", "previous_text"}
 )
 AUTH_ERROR_TEXT = "You must be authenticated to use this endpoint."
-FRAME_MS = 20
+MIN_COMMIT_AUDIO_S = 0.3  # observed on the live service (reference §2.2)
+COMMIT_THROTTLED_TEXT = (
+    "Commit request ignored: only {seconds}s of uncommitted audio. "
+    "You need at least 0.3s of uncommitted audio before committing."
+)
 MAX_KEYTERMS = 50
 MAX_KEYTERM_CHARS = 20
 SERVER_FAULT_TYPES = frozenset(
@@ -119,7 +133,8 @@ class EmulatedSession:
     """Everything one websocket session did, for assertions.
 
     ``commits`` holds the byte offset into :attr:`audio` of every client commit;
-    ``auto_commits`` those of the emulator's own 90 s commits. ``committed`` holds the text
+    ``auto_commits`` those of the emulator's own 90 s commits; ``throttled_commits`` those of
+    client commits refused with ``commit_throttled``. ``committed`` holds the text
     of every committed transcript sent (client and auto commits, in order).
     """
 
@@ -132,11 +147,13 @@ class EmulatedSession:
     chunks: list[ReceivedChunk] = field(default_factory=list)
     commits: list[int] = field(default_factory=list)
     auto_commits: list[int] = field(default_factory=list)
+    throttled_commits: list[int] = field(default_factory=list)
     committed: list[str] = field(default_factory=list)
     partials: list[str] = field(default_factory=list)
     messages_sent: list[dict[str, Any]] = field(default_factory=list)
     errors_sent: list[dict[str, Any]] = field(default_factory=list)
     closed_code: int | None = None
+    closed_reason: str | None = None
     _audio: bytearray = field(default_factory=bytearray, repr=False)
     _closed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _runner: _SessionRunner | None = field(default=None, repr=False)
@@ -189,11 +206,13 @@ class ScribeEmulator:
         transcriber: ``"tones"`` (``tone<freq>`` words) or ``"duration"``.
         auth_failure: ``"message"`` (upgrade, send ``auth_error``, close) or ``"handshake"``
             (reject the upgrade with HTTP 403).
-        require_whole_frames: reject audio that is not whole 20 ms frames (``input_error``).
-        max_chunk_ms: larger chunks get ``chunk_size_exceeded``.
+        max_chunk_ms: larger chunks get ``chunk_size_exceeded`` (an opt-in fault: the live
+            maximum is not published; None accepts any size).
         auto_commit_s: uncommitted audio after which the emulator commits by itself.
         commit_delay_s: delay before committed transcripts are sent.
-        min_commit_interval_s: client commits closer together get ``commit_throttled``.
+        min_commit_interval_s: client commits closer together (wall clock) also get
+            ``commit_throttled`` (an opt-in fault: whether the live service limits commit
+            frequency is unknown). The observed 0.3 s audio rule always applies.
         session_time_limit_s: audio seconds per session before ``session_time_limit_exceeded``.
         idle_timeout_s: no client message for this long closes the socket with 1000.
         echo_audio_format: report this ``audio_format`` in ``session_started`` instead of
@@ -211,8 +230,7 @@ class ScribeEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         auth_failure: Literal["message", "handshake"] = "message",
-        require_whole_frames: bool = True,
-        max_chunk_ms: int = 1000,
+        max_chunk_ms: int | None = None,
         auto_commit_s: float = 90.0,
         commit_delay_s: float = 0.0,
         min_commit_interval_s: float | None = None,
@@ -229,7 +247,6 @@ class ScribeEmulator:
         self.host = host
         self.port = port
         self.auth_failure = auth_failure
-        self.require_whole_frames = require_whole_frames
         self.max_chunk_ms = max_chunk_ms
         self.auto_commit_s = auto_commit_s
         self.commit_delay_s = commit_delay_s
@@ -344,6 +361,7 @@ class ScribeEmulator:
         finally:
             session._runner = None
             session.closed_code = connection.close_code
+            session.closed_reason = connection.close_reason
             session._closed.set()
 
 
@@ -386,7 +404,8 @@ class _SessionRunner:
             request = self.connection.request
             assert request is not None  # the handshake is done
             if not self.emulator._authorized(request.headers):
-                self._fail("auth_error", AUTH_ERROR_TEXT)
+                # Observed: the live service closes with 1000 (no reason) after auth_error.
+                self._fail("auth_error", AUTH_ERROR_TEXT, close_code=1000, close_reason="")
             elif (problem := self._configure()) is not None:
                 self._fail("invalid_request", problem)
             else:
@@ -440,14 +459,20 @@ class _SessionRunner:
         self.finished = True
         self.outbox.put_nowait(_Outgoing(None, close=True, close_code=code, close_reason=reason))
 
-    def _fail(self, error_type: str, text: str, close_code: int | None = None) -> None:
-        """Send ``{"message_type": error_type, "error": text}``, then close."""
+    def _fail(
+        self,
+        error_type: str,
+        text: str,
+        close_code: int | None = None,
+        close_reason: str | None = None,
+    ) -> None:
+        """Send ``{"message_type": error_type, "error": text}``, then close (reason: the type)."""
         message = {"message_type": error_type, "error": text}
         self.session.errors_sent.append(message)
         self.send(message)
         if close_code is None:
             close_code = 1011 if error_type in SERVER_FAULT_TYPES else 1008
-        self._close(close_code, error_type)
+        self._close(close_code, error_type if close_reason is None else close_reason)
 
     # -- session set-up --------------------------------------------------------------------
 
@@ -542,18 +567,12 @@ class _SessionRunner:
         if self.session.audio_format != "ulaw_8000" and len(audio) % 2:
             self._fail("input_error", "PCM audio must hold whole 16-bit samples")
             return
-        frame_bytes = FRAME_MS * self.bytes_per_ms
-        if self.emulator.require_whole_frames and len(audio) % frame_bytes:
-            self._fail(
-                "input_error", f"Audio must be whole {FRAME_MS} ms frames ({frame_bytes} bytes)"
-            )
-            return
         chunk_ms = len(audio) / self.bytes_per_ms
-        if chunk_ms > self.emulator.max_chunk_ms:
+        max_chunk_ms = self.emulator.max_chunk_ms
+        if max_chunk_ms is not None and chunk_ms > max_chunk_ms:
             self._fail(
                 "chunk_size_exceeded",
-                f"Audio chunk of {chunk_ms:.0f} ms exceeds the maximum of "
-                f"{self.emulator.max_chunk_ms} ms",
+                f"Audio chunk of {chunk_ms:.0f} ms exceeds the maximum of {max_chunk_ms} ms",
             )
             return
         commit = bool(message["commit"])
@@ -597,6 +616,18 @@ class _SessionRunner:
             self._commit()
 
     def _client_commit(self) -> None:
+        uncommitted_s = self.segment_bytes / self.bytes_per_ms / 1000
+        if uncommitted_s < MIN_COMMIT_AUDIO_S:
+            # The live text shows two decimals; truncated here so that 0.299 s never reads
+            # as "only 0.30s ... at least 0.3s".
+            seconds = f"{int(uncommitted_s * 100) / 100:.2f}"
+            self.session.throttled_commits.append(self.session.audio_bytes)
+            self._fail(
+                "commit_throttled",
+                COMMIT_THROTTLED_TEXT.format(seconds=seconds),
+                close_code=1000,
+            )
+            return
         now = self.loop.time()
         interval = self.emulator.min_commit_interval_s
         if (
@@ -604,7 +635,10 @@ class _SessionRunner:
             and self.last_client_commit_at is not None
             and now - self.last_client_commit_at < interval
         ):
-            self._fail("commit_throttled", "Too many commits in a short period of time")
+            self.session.throttled_commits.append(self.session.audio_bytes)
+            self._fail(
+                "commit_throttled", "Too many commits in a short period of time", close_code=1000
+            )
             return
         self.last_client_commit_at = now
         self.session.commits.append(self.session.audio_bytes)

@@ -157,7 +157,9 @@ def parse_message(raw: str | bytes) -> TwilioMessage:
                 chunk = _int(chunk)
                 timestamp = _int(timestamp)
                 sequence = _int(sequence)
-                if payload and chunk >= 0 and timestamp >= 0 and sequence >= 0:
+                # An empty payload is well-formed (it carries no audio): the call session
+                # skips it rather than ending the call over it.
+                if chunk >= 0 and timestamp >= 0 and sequence >= 0:
                     frame = _new_object(MediaFrame)
                     _set_track(frame, track)
                     _set_chunk(frame, chunk)
@@ -253,11 +255,9 @@ def _media_error(message: dict[str, Any]) -> ProtocolError:
         _required_number(media, "timestamp", "media")
         payload = _text(media, "payload", "media")
         try:
-            audio = a2b_base64(payload, strict_mode=True)
+            a2b_base64(payload, strict_mode=True)
         except (BinasciiError, ValueError):
             return ProtocolError("media.payload is not valid base64")
-        if not audio:
-            return ProtocolError("media.payload is empty")
     except ProtocolError as error:
         return error
     return ProtocolError("malformed media message")

@@ -70,6 +70,7 @@ def call_ended_event(
         "ended_at": rfc3339(ended.ended_at),
         "duration_ms": ended.duration_ms,
         "segments": ended.segments,
+        "empty_transcripts": ended.empty_transcripts,  # extension: not segments, counted
         "reason": str(ended.reason),
         "summary": dict(summary),
     }
