@@ -269,7 +269,7 @@ class Bridge:
         return websocket_base(self.url) + MEDIA_PATH
 
 
-def _stream_parameters(twiml: str) -> dict[str, str]:
+def stream_parameters(twiml: str) -> dict[str, str]:
     """The ``<Parameter>``s of the TwiML's ``<Stream>``, which Twilio hands back in ``start``."""
     try:
         root = ElementTree.fromstring(twiml)
@@ -329,7 +329,7 @@ async def play_call(
         auth_token=bridge.auth_token,
         public_url=bridge.public_url,
         call_sid=call_sid,
-        custom_parameters=_stream_parameters(twiml),
+        custom_parameters=stream_parameters(twiml),
         session=session,
     )
     try:

@@ -1,9 +1,10 @@
 """A real local webhook receiver for tests, benchmarks and the demo.
 
-It listens on 127.0.0.1, records every request (headers, body, parsed JSON, arrival time),
-checks Standard Webhooks signatures itself when given the secret, and answers as scripted:
-a queue of :class:`Reply` values (e.g. ``500`` three times, a ``Retry-After``, a ``400``,
-a slow answer, a redirect), then a default reply, or a callable that decides per request.
+It listens on 127.0.0.1 (or ``host``), records every request (headers, body, parsed JSON,
+arrival time, the sender's address), checks Standard Webhooks signatures itself when given
+the secret, and answers as scripted: a queue of :class:`Reply` values (e.g. ``500`` three
+times, a ``Retry-After``, a ``400``, a slow answer, a redirect), then a default reply, or a
+callable that decides per request.
 
     async with WebhookReceiver(secret=secret) as receiver:
         receiver.reply(Reply(500), Reply(500))  # then 200s
@@ -58,6 +59,7 @@ class ReceivedRequest:
     received_monotonic: float  # time.perf_counter()
     signature_valid: bool | None  # None when the receiver has no secret
     status: int  # what the receiver answered
+    remote: str | None = None  # the sender's address
 
     @property
     def webhook_id(self) -> str | None:
@@ -77,17 +79,20 @@ Responder = Callable[[ReceivedRequest], Reply | Awaitable[Reply]]
 
 
 class WebhookReceiver:
-    """A local HTTP server that records webhook requests. ``port=0`` picks a free port."""
+    """A local HTTP server that records webhook requests. ``port=0`` picks a free port;
+    ``host`` is the address it listens on (and puts in :attr:`url`)."""
 
     def __init__(
         self,
         *,
         secret: str | None = None,
+        host: str = "127.0.0.1",
         port: int = 0,
         path: str = "/hooks",
         default: Reply | None = None,
     ) -> None:
         self._key = decode_webhook_secret(secret) if secret else None
+        self._host = host
         self._port = port
         self._path = path
         self._default = default or Reply()
@@ -121,7 +126,7 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}{self._path}"
+        return f"http://{self._host}:{self._port}{self._path}"
 
     async def start(self) -> None:
         app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -130,7 +135,7 @@ class WebhookReceiver:
             app, access_log=None, handle_signals=False, shutdown_timeout=0.5
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port, reuse_address=True)
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
         await site.start()
         server = site._server
         if self._port == 0 and server is not None:
@@ -191,6 +196,7 @@ class WebhookReceiver:
             received_monotonic=arrived_monotonic,
             signature_valid=valid,
             status=0,
+            remote=request.remote,
         )
         reply = await self._choose(provisional)
         record = dataclasses.replace(provisional, status=reply.status)
