@@ -189,7 +189,12 @@ class PostgresStore:
         latest = migrations[-1][0]
         try:
             async with pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", *_MIGRATION_LOCK)
+                if not await conn.fetchval(
+                    "SELECT pg_try_advisory_xact_lock($1, $2)", *_MIGRATION_LOCK
+                ):
+                    # Another process is migrating (or checking) the schema: wait for it.
+                    log.info("store.migration_waiting", backend="postgres")
+                    await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", *_MIGRATION_LOCK)
                 await conn.execute(
                     "CREATE TABLE IF NOT EXISTS callbridge_schema (version INTEGER NOT NULL)"
                 )
