@@ -42,7 +42,11 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
     """The bridge as an aiohttp application (store opened and dispatcher started on startup)."""
     app = web.Application(client_max_size=256 * 1024)
     app[SETTINGS] = settings
-    store = open_store(settings.database.url, webhook_targets=settings.webhook.urls)
+    store = open_store(
+        settings.database.url,
+        webhook_targets=settings.webhook.urls,
+        pool_size=settings.database.pool_size,
+    )
     app[STORE] = store
     # A claim outlives its request by a few seconds, so a killed process's in-flight
     # deliveries are retried soon after a restart (under the same webhook-id).

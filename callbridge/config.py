@@ -146,6 +146,7 @@ class SummarySettings:
 class DatabaseSettings:
     url: str = "sqlite:///./callbridge.db"
     journal_dir: str = "callbridge-journal"
+    pool_size: int = 10  # PostgreSQL connections per process, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +386,8 @@ def check_values(settings: Settings) -> None:
             raise ConfigError(env_name("api", key), "must be more than 0")
     if s.api.events_buffer < 1:
         raise ConfigError("CALLBRIDGE_API_EVENTS_BUFFER", "must be at least 1")
+    if not 1 <= s.database.pool_size <= 1000:
+        raise ConfigError("CALLBRIDGE_DATABASE_POOL_SIZE", "must be a whole number from 1 to 1000")
     if s.logging.format not in {"auto", "json", "console"}:
         raise ConfigError("CALLBRIDGE_LOGGING_FORMAT", "must be auto, json or console")
 

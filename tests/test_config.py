@@ -97,6 +97,7 @@ def test_the_ai_summary_is_off_until_its_url_is_set() -> None:
         ({**LLM, "CALLBRIDGE_SUMMARY_LLM_TIMEOUT_S": "0"}, "CALLBRIDGE_SUMMARY_LLM_TIMEOUT_S"),
         ({"CALLBRIDGE_API_EVENTS_POLL_S": "0"}, "CALLBRIDGE_API_EVENTS_POLL_S"),
         ({"CALLBRIDGE_API_EVENTS_BUFFER": "0"}, "CALLBRIDGE_API_EVENTS_BUFFER"),
+        ({"CALLBRIDGE_DATABASE_POOL_SIZE": "0"}, "CALLBRIDGE_DATABASE_POOL_SIZE"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], setting: str) -> None:

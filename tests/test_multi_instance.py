@@ -89,10 +89,25 @@ async def stored_event_ids(cluster: Cluster) -> dict[str, str]:
     return {row["event_id"]: row["call_sid"] for row in rows}
 
 
+async def connections_by_address(cluster: Cluster) -> dict[str, int]:
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        rows = await conn.fetch(
+            "SELECT host(client_addr) AS address, count(*) FROM pg_stat_activity "
+            "WHERE client_addr IS NOT NULL GROUP BY 1"
+        )
+    finally:
+        await conn.close()
+    return {row["address"]: row["count"] for row in rows}
+
+
 async def test_calls_spread_over_two_instances_and_every_event_arrives_once_in_order(
     tmp_path: Path,
 ) -> None:
-    async with running_cluster(tmp_path, targets=2) as cluster:
+    pool_size = 3
+    async with running_cluster(
+        tmp_path, targets=2, extra_env={"CALLBRIDGE_DATABASE_POOL_SIZE": str(pool_size)}
+    ) as cluster:
         calls = 8
         async with cluster.balancer.session() as http:
             placed = await asyncio.gather(*(place_call(cluster, http, i) for i in range(calls)))
@@ -121,6 +136,11 @@ async def test_calls_spread_over_two_instances_and_every_event_arrives_once_in_o
         # The deliveries came from both instances' addresses.
         senders = {request.remote for request in cluster.receivers[0].requests}
         assert senders == {instance.ip for instance in cluster.instances}
+
+        # Each instance reached PostgreSQL from its own address, within its pool.
+        connections = await connections_by_address(cluster)
+        for instance in cluster.instances:
+            assert 1 <= connections.get(instance.ip, 0) <= pool_size, connections
 
         # Either instance serves every call, directly (no proxy in between).
         async with aiohttp.ClientSession(headers=AUTH) as api:

@@ -20,16 +20,19 @@ def sqlite_path(url: str) -> Path:
     return Path(path)
 
 
-def open_store(url: str, *, webhook_targets: Sequence[str] = ()) -> DurableStore:
+def open_store(
+    url: str, *, webhook_targets: Sequence[str] = (), pool_size: int = 10
+) -> DurableStore:
     """The store for ``url``; call ``await store.open()`` before use.
 
     ``webhook_targets`` (``CALLBRIDGE_WEBHOOK_URLS``) are the URLs every event gets a
-    delivery for; the webhook dispatcher must be given the same list.
+    delivery for; the webhook dispatcher must be given the same list. ``pool_size`` caps a
+    PostgreSQL store's connections (``CALLBRIDGE_DATABASE_POOL_SIZE``).
     """
     if url.startswith("sqlite:///"):
         return SqliteStore(sqlite_path(url), webhook_targets=webhook_targets, url=url)
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url, webhook_targets=webhook_targets)
+        return PostgresStore(url, webhook_targets=webhook_targets, max_connections=pool_size)
     raise StoreError(
         f"DATABASE_URL: {url.split('://', 1)[0]!r} is neither sqlite:///PATH nor postgresql://…"
     )
