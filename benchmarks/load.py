@@ -9,7 +9,9 @@ on 127.0.0.1 only:
 * a *fixtures* process runs the Scribe emulator (``callbridge.testing.scribe_emulator``,
   default ``duration`` transcriber, partials off unless ``--partials-ms``) and a webhook
   receiver that timestamps every POST;
-* the server under test runs as its own process, configured through the environment;
+* the server under test runs as its own process, configured through the environment
+  (``--instances K``: K bridge servers, each its own port and directory, sharing one
+  database, SQLite by default or ``--database postgresql://…``; call i goes to server i mod K);
 * this process (the *load generator*, asyncio, one shared ``aiohttp.ClientSession``) plays N
   calls with :class:`~callbridge.testing.twilio_simulator.TwilioCallSimulator`, starts
   staggered over ``--stagger`` s, each ``--duration`` s of interleaved inbound/outbound
@@ -43,6 +45,10 @@ Method (also printed with the results):
   on); the receiver stamps each ``transcript.committed`` POST. The k-th non-empty commit of
   a Scribe session (mapped to its call by the tags it received) is matched with the call's
   k-th webhook in ``sequence`` order; commits sent in the steady window are reported.
+* PostgreSQL (``--database postgresql://…``): ``utime + stime`` of every ``postgres``
+  process of the machine over the same window (the server's own CPU, whatever else uses it
+  meanwhile), and of the backends serving the bridge's connections (``application_name``
+  ``callbridge-bench`` in ``pg_stat_activity``); each run gets a fresh schema.
 * RSS: ``VmRSS`` of the server (summed over its process tree) sampled every 0.2 s; *idle* is
   taken before the first call; ``RSS/call`` = (peak during the calls − idle) / N; ``VmHWM`` is
   reported too.
@@ -83,7 +89,7 @@ import tempfile
 import time
 from binascii import a2b_base64
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,6 +277,65 @@ def tree_mem_kb(pid: int) -> dict[str, int]:
                 out[key] = out.get(key, 0) + value
         except OSError:
             pass
+    return out
+
+
+def postgres_pids() -> list[int]:
+    """Every process of the local PostgreSQL server (postmaster, backends, background)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+    return pids
+
+
+class PostgresCpu:
+    """PostgreSQL's own CPU over a window, from ``/proc``: the whole local server, and the
+    backends serving the benchmark's connections (``application_name``, from
+    ``pg_stat_activity``; pooled, so they live through the window). The server figure also
+    counts anything else using this PostgreSQL meanwhile."""
+
+    def __init__(self, admin_url: str, application_name: str) -> None:
+        self.admin_url = admin_url
+        self.application_name = application_name
+
+    async def backend_pids(self) -> list[int]:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.admin_url, timeout=5)
+        try:
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                self.application_name,
+            )
+        finally:
+            await conn.close()
+        return [row["pid"] for row in rows]
+
+    async def sample(self) -> tuple[float, dict[int, float]]:
+        """(the server's CPU seconds, CPU seconds per benchmark backend)."""
+        backends = await self.backend_pids()
+        server = sum(cpu_or_zero(pid) for pid in postgres_pids())
+        return server, {pid: cpu_or_zero(pid) for pid in backends}
+
+    @staticmethod
+    def delta(
+        before: tuple[float, dict[int, float]], after: tuple[float, dict[int, float]]
+    ) -> tuple[float, float, int]:
+        """(server CPU s, benchmark backends' CPU s, backends) between two samples."""
+        backends = after[1].keys() | before[1].keys()
+        used = sum(max(0.0, after[1].get(p, 0.0) - before[1].get(p, 0.0)) for p in backends)
+        return after[0] - before[0], used, len(after[1])
+
+
+def trees_mem_kb(pids: Sequence[int]) -> dict[str, int]:
+    """:func:`tree_mem_kb` summed over several servers."""
+    out: dict[str, int] = {}
+    for pid in pids:
+        for key, value in tree_mem_kb(pid).items():
+            out[key] = out.get(key, 0) + value
     return out
 
 
@@ -547,6 +612,7 @@ class Phase:
     closed_early: int = 0
     worker_pids: list[int] = field(default_factory=list)
     cpu_cap: CpuCap | None = None
+    schema: str | None = None  # --database postgresql://: this run's schema
 
     def __post_init__(self) -> None:
         frames = int(self.args.duration * 1000) // FRAME_MS
@@ -598,7 +664,50 @@ async def _live_calls(http: aiohttp.ClientSession, url: str) -> int | None:
     return None
 
 
+BENCH_APPLICATION = "callbridge-bench"
+
+
+@contextlib.asynccontextmanager
+async def bridge_database(phase: Phase) -> AsyncIterator[tuple[str, PostgresCpu | None]]:
+    """The bridge's ``DATABASE_URL`` for one phase: a fresh SQLite file, or with
+    ``--database postgresql://…`` a fresh schema (``phase.schema``, dropped after) and
+    PostgreSQL's CPU meter."""
+    url = phase.args.database
+    if not url.startswith(("postgresql://", "postgres://")):
+        yield f"sqlite:///{phase.workdir / f'bridge-{phase.calls}.db'}", None
+        return
+    import asyncpg
+
+    schema = phase.schema = f"cb_bench_{os.urandom(6).hex()}"
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+    finally:
+        await conn.close()
+    glue = "&" if "?" in url else "?"
+    try:
+        yield (
+            f"{url}{glue}search_path={schema}&application_name={BENCH_APPLICATION}",
+            PostgresCpu(url, BENCH_APPLICATION),
+        )
+    finally:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await conn.close()
+
+
 async def run_phase(phase: Phase) -> dict[str, Any]:
+    async with bridge_database(phase) as (database_url, postgres):
+        result = await _run_phase(phase, database_url, postgres)
+    result["postgres_schema"] = phase.schema
+    return result
+
+
+async def _run_phase(
+    phase: Phase, database_url: str, postgres: PostgresCpu | None
+) -> dict[str, Any]:
     args = phase.args
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus = {cpus[-1]} if args.pin and len(cpus) > 1 else None
@@ -606,73 +715,87 @@ async def run_phase(phase: Phase) -> dict[str, Any]:
     fixtures, endpoints = await _start_fixtures(args)
     pin(fixtures.pid, other_cpus)
     pin(os.getpid(), other_cpus)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log_path = phase.workdir / f"{phase.system}-{phase.calls}.log"
-    if phase.system == "bridge":
-        env = base_env(
-            ELEVENLABS_API_KEY=API_KEY,
-            CALLBRIDGE_SCRIBE_URL=endpoints["scribe_url"],
-            TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-            CALLBRIDGE_PUBLIC_URL=base,
-            CALLBRIDGE_API_TOKENS="bench-api-token",
-            PORT=str(port),
-            HOST="127.0.0.1",
-            DATABASE_URL=f"sqlite:///{phase.workdir / f'bridge-{phase.calls}.db'}",
-            CALLBRIDGE_WEBHOOK_URLS=endpoints["http"] + "/hooks",
-            CALLBRIDGE_WEBHOOK_SECRET=WEBHOOK_SECRET,
-            CALLBRIDGE_LOGGING_LEVEL="warning",
-            CALLBRIDGE_LOGGING_FORMAT="console",
-        )
-        for item in args.server_env:
-            key, _, value = item.partition("=")
-            env[key] = value
-        command = [sys.executable, "-m", "callbridge", "serve", "--workers", str(args.workers)]
-    else:
-        env = base_env()
-        command = [sys.executable, str(HERE), "_relay", "--port", str(port)]
-        command += ["--scribe-url", endpoints["scribe_url"]]
-        if phase.system == "receive":
-            command.append("--receive-only")
-        # The same event loop as the bridge, so that the ratio compares like with like.
-        loops = [v for k, _, v in (e.partition("=") for e in args.server_env)
-                 if k == "CALLBRIDGE_SERVER_EVENT_LOOP"]  # fmt: skip
-        command += ["--event-loop", loops[-1] if loops else "auto"]
-    server = spawn(command, log=log_path, env=env, cwd=phase.workdir)
-    pin(server.pid, server_cpus)
+    # Separate `serve` processes (bridge only), each its own port and directory, one database.
+    instances = args.instances if phase.system == "bridge" else 1
+    ports = [free_port() for _ in range(instances)]
+    bases = [f"http://127.0.0.1:{port}" for port in ports]
+    servers: list[subprocess.Popen[bytes]] = []
+    log_paths = []
+    for index, port in enumerate(ports):
+        suffix = f"-{index}" if instances > 1 else ""
+        log_paths.append(phase.workdir / f"{phase.system}-{phase.calls}{suffix}.log")
+        cwd = phase.workdir / f"instance-{index}" if instances > 1 else phase.workdir
+        cwd.mkdir(parents=True, exist_ok=True)
+        if phase.system == "bridge":
+            env = base_env(
+                ELEVENLABS_API_KEY=API_KEY,
+                CALLBRIDGE_SCRIBE_URL=endpoints["scribe_url"],
+                TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+                CALLBRIDGE_PUBLIC_URL=bases[index],
+                CALLBRIDGE_API_TOKENS="bench-api-token",
+                PORT=str(port),
+                HOST="127.0.0.1",
+                DATABASE_URL=database_url,
+                CALLBRIDGE_WEBHOOK_URLS=endpoints["http"] + "/hooks",
+                CALLBRIDGE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+                CALLBRIDGE_LOGGING_LEVEL="warning",
+                CALLBRIDGE_LOGGING_FORMAT="console",
+            )
+            for item in args.server_env:
+                key, _, value = item.partition("=")
+                env[key] = value
+            command = [sys.executable, "-m", "callbridge", "serve", "--workers", str(args.workers)]
+        else:
+            env = base_env()
+            command = [sys.executable, str(HERE), "_relay", "--port", str(port)]
+            command += ["--scribe-url", endpoints["scribe_url"]]
+            if phase.system == "receive":
+                command.append("--receive-only")
+            # The same event loop as the bridge, so that the ratio compares like with like.
+            loops = [v for k, _, v in (e.partition("=") for e in args.server_env)
+                     if k == "CALLBRIDGE_SERVER_EVENT_LOOP"]  # fmt: skip
+            command += ["--event-loop", loops[-1] if loops else "auto"]
+        server = spawn(command, log=log_paths[-1], env=env, cwd=cwd)
+        pin(server.pid, server_cpus)
+        servers.append(server)
+    pids = [server.pid for server in servers]
     profiler: subprocess.Popen[bytes] | None = None
     try:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
-            await _wait_healthy(http, base, server)
+            for base, server in zip(bases, servers, strict=True):
+                await _wait_healthy(http, base, server)
             workers = args.workers if phase.system == "bridge" else 1
-            phase.worker_pids = await asyncio.to_thread(worker_pids, server.pid, workers)
+            for pid in pids:
+                phase.worker_pids += await asyncio.to_thread(worker_pids, pid, workers)
             if args.worker_cpu:
                 phase.cpu_cap = CpuCap(args.worker_cpu)
                 for pid in phase.worker_pids:
                     phase.cpu_cap.apply(pid)
             await asyncio.sleep(1.0)
-            idle = tree_mem_kb(server.pid)
-            result, profiler = await _generate(phase, http, base, server.pid, fixtures.pid, idle)
+            idle = trees_mem_kb(pids)
+            result, profiler = await _generate(
+                phase, http, bases, pids, fixtures.pid, idle, postgres=postgres
+            )
             ended = phase.calls - len(phase.failures)
-            await _settle(phase, http, base, endpoints["http"], ended)
-            result["rss"]["hwm_kb"] = tree_mem_kb(server.pid).get("VmHWM")
+            await _settle(phase, http, bases, endpoints["http"], ended)
+            result["rss"]["hwm_kb"] = trees_mem_kb(pids).get("VmHWM")
             # Dump now: later rounds add sessions and webhooks the analysis must not see.
             dump = phase.workdir / f"{phase.system}-{phase.calls}"
             async with http.post(endpoints["http"] + "/dump", json={"path": str(dump)}) as response:
                 response.raise_for_status()
             if args.rounds > 1:
                 n = phase.calls
-                rounds = [await _round_rss(1, result, server.pid, phase)]
+                rounds = [await _round_rss(1, result, pids, phase)]
                 for number in range(2, args.rounds + 1):
                     # a fresh set of calls: new SIDs, its own send times and failures
                     again = Phase(phase.system, n, args, phase.conversation, phase.workdir)
                     measured, _ = await _generate(
-                        again, http, base, server.pid, fixtures.pid, idle, profile=False
+                        again, http, bases, pids, fixtures.pid, idle, profile=False
                     )
                     ended += again.calls - len(again.failures)
-                    await _settle(again, http, base, endpoints["http"], ended)
-                    rounds.append(await _round_rss(number, measured, server.pid, again))
+                    await _settle(again, http, bases, endpoints["http"], ended)
+                    rounds.append(await _round_rss(number, measured, pids, again))
                 result["rounds"] = rounds
                 measured_rounds = rounds[args.warmup_rounds :]
                 result["rss_flatness"] = {
@@ -685,30 +808,38 @@ async def run_phase(phase: Phase) -> dict[str, Any]:
     finally:
         if profiler is not None:
             await asyncio.to_thread(_wait, profiler, 60)
-        server.send_signal(signal.SIGTERM)
-        exit_code = await asyncio.to_thread(_wait, server, 30)
+        for server in servers:
+            server.send_signal(signal.SIGTERM)
+        exit_codes = [await asyncio.to_thread(_wait, server, 30) for server in servers]
         if phase.cpu_cap is not None:
             phase.cpu_cap.remove()
         fixtures.send_signal(signal.SIGTERM)
         await asyncio.to_thread(_wait, fixtures, 10)
         pin(os.getpid(), set(cpus))
+    exit_code = next((code for code in exit_codes if code != 0), 0)
     result["server_exit_code"] = exit_code
-    if exit_code != 0:
-        tail = log_path.read_text(errors="replace")[-2000:]
-        print(f"  {phase.system} exited with {exit_code}; log tail:\n{tail}", file=sys.stderr)
+    result["instances"] = instances
+    for code, log_path in zip(exit_codes, log_paths, strict=True):
+        if code != 0:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            print(f"  {phase.system} exited with {code}; log tail:\n{tail}", file=sys.stderr)
     np.save(phase.workdir / f"{phase.system}-{phase.calls}-sent.npy", phase.send_times)
     _analyse(phase, dump, result)
     return result
 
 
 async def _settle(
-    phase: Phase, http: aiohttp.ClientSession, base: str, fixtures_url: str, ended: int
+    phase: Phase,
+    http: aiohttp.ClientSession,
+    bases: Sequence[str],
+    fixtures_url: str,
+    ended: int,
 ) -> None:
-    """Let the server finish every call and (bridge) deliver ``ended`` call.ended webhooks."""
+    """Let the servers finish every call and (bridge) deliver ``ended`` call.ended webhooks."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        live = await _live_calls(http, base)
-        if live == 0:
+        live = [await _live_calls(http, base) for base in bases]
+        if all(count == 0 for count in live):
             break
         await asyncio.sleep(0.2)
     if phase.system == "bridge":
@@ -720,14 +851,14 @@ async def _settle(
 
 
 async def _round_rss(
-    number: int, measured: dict[str, Any], server_pid: int, phase: Phase
+    number: int, measured: dict[str, Any], server_pids: Sequence[int], phase: Phase
 ) -> dict[str, Any]:
     """One round's RSS: its peak, and VmRSS 1 s after the round settled."""
     await asyncio.sleep(1.0)
     return {
         "round": number,
         "peak_rss_kb": measured["rss"]["peak_kb"],
-        "settled_rss_kb": tree_mem_kb(server_pid).get("VmRSS", 0),
+        "settled_rss_kb": trees_mem_kb(server_pids).get("VmRSS", 0),
         "per_call_kb": measured["rss"]["per_call_kb"],
         "cpu_s_per_call_s": measured["cpu_s_per_call_s"],
         "failed_calls": len(phase.failures),
@@ -751,13 +882,15 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
 async def _generate(
     phase: Phase,
     http: aiohttp.ClientSession,
-    base: str,
-    server_pid: int,
+    bases: Sequence[str],
+    server_pids: Sequence[int],
     fixtures_pid: int,
     idle: dict[str, int],
     *,
     profile: bool = True,
+    postgres: PostgresCpu | None = None,
 ) -> tuple[dict[str, Any], subprocess.Popen[bytes] | None]:
+    """Play the phase's calls, call i on server ``i % len(bases)``; measure the window."""
     from callbridge.testing.twilio_simulator import TwilioCallSimulator
 
     args = phase.args
@@ -767,7 +900,7 @@ async def _generate(
     warmup = min(1.0, args.duration * 0.1)
     t_base = loop.time() + 0.3
     window = (t_base + stagger + warmup, t_base + args.duration - 0.2)
-    ws_url = base.replace("http://", "ws://") + "/twilio/media"
+    ws_urls = [base.replace("http://", "ws://") + "/twilio/media" for base in bases]
     bodies = phase.conversation.bodies
     cycle = phase.conversation.frames
     rss_peak = 0
@@ -775,8 +908,13 @@ async def _generate(
 
     async def one_call(i: int) -> None:
         await asyncio.sleep(max(0.0, t_base + stagger * i / n - loop.time()))
+        server = i % len(bases)
         sim = TwilioCallSimulator(
-            ws_url, auth_token=AUTH_TOKEN, public_url=base, session=http, record_audio=False
+            ws_urls[server],
+            auth_token=AUTH_TOKEN,
+            public_url=bases[server],
+            session=http,
+            record_audio=False,
         )
         phase.call_sids[i] = sim.call_sid
         try:
@@ -811,7 +949,7 @@ async def _generate(
         nonlocal rss_peak
         while not calls_done.is_set():
             with contextlib.suppress(OSError):
-                rss_peak = max(rss_peak, tree_mem_kb(server_pid).get("VmRSS", 0))
+                rss_peak = max(rss_peak, trees_mem_kb(server_pids).get("VmRSS", 0))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(calls_done.wait(), 0.2)
 
@@ -823,24 +961,27 @@ async def _generate(
         if args.py_spy and phase.system == "bridge" and profile:
             out = f"{args.py_spy}-{n}.txt"
             profiler = spawn(
-                [_py_spy(), "record", "--pid", str(server_pid), "--duration",
+                [_py_spy(), "record", "--pid", str(server_pids[0]), "--duration",
                  str(max(1, int(window[1] - window[0]))), "--rate", "100", "--nonblocking",
                  "--format", "raw", "--output", out],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
+        pg_before = await postgres.sample() if postgres is not None else None
         before = (
-            time.monotonic(), tree_cpu_s(server_pid), proc_cpu_s(os.getpid()),
+            time.monotonic(), sum(map(tree_cpu_s, server_pids)), proc_cpu_s(os.getpid()),
             proc_cpu_s(fixtures_pid), machine_cpu(),
         )  # fmt: skip
         workers_before = [cpu_or_zero(pid) for pid in phase.worker_pids]
         throttled_before = phase.cpu_cap.throttled() if phase.cpu_cap else {}
         await asyncio.sleep(max(0.0, (window[0] + window[1]) / 2 - loop.time()))
-        live_mid = await _live_calls(http, base)
+        live_each = [await _live_calls(http, base) for base in bases]
+        live_mid = None if None in live_each else sum(n or 0 for n in live_each)
         await asyncio.sleep(max(0.0, window[1] - loop.time()))
         after = (
-            time.monotonic(), tree_cpu_s(server_pid), proc_cpu_s(os.getpid()),
+            time.monotonic(), sum(map(tree_cpu_s, server_pids)), proc_cpu_s(os.getpid()),
             proc_cpu_s(fixtures_pid), machine_cpu(),
         )  # fmt: skip
+        pg_after = await postgres.sample() if postgres is not None else None
         workers_after = [cpu_or_zero(pid) for pid in phase.worker_pids]
         throttled_after = phase.cpu_cap.throttled() if phase.cpu_cap else {}
         seconds = after[0] - before[0]
@@ -861,7 +1002,18 @@ async def _generate(
                 cap["throttled_periods_percent"].append(
                     round(100 * grew["throttled_periods"] / max(1.0, grew["periods"]), 1)
                 )
+        pg: dict[str, Any] | None = None
+        if pg_before is not None and pg_after is not None:
+            pg_server, pg_backends, backends = PostgresCpu.delta(pg_before, pg_after)
+            pg = {
+                "server_percent": round(100 * pg_server / seconds, 1),
+                "backends_percent": round(100 * pg_backends / seconds, 1),
+                "backends": backends,
+                "server_ms_per_call_s": round(1000 * pg_server / (n * seconds), 4),
+            }
         return {
+            "postgres_cpu": pg,
+            "live_calls_per_server_mid_window": live_each,
             "cpu_cap": cap,
             "worker_cpu_percent": [
                 round(100 * (a - b) / seconds, 1)
@@ -1033,7 +1185,7 @@ COLUMNS = (
     ("calls", 5), ("system", 7), ("CPU ms/call-s", 13), ("calls/core", 10), ("fwd p50", 8),
     ("fwd p99", 8), ("held%", 5), ("lag p50", 8), ("lag p99", 8), ("lost/speech", 13),
     ("hook p50", 8), ("hook p99", 8), ("peak RSS MB", 11), ("RSS/call KB", 11), ("srv%", 5),
-    ("gen%", 5), ("fix%", 5), ("busy%", 6),
+    ("gen%", 5), ("fix%", 5), ("busy%", 6), ("pg%", 5),
 )  # fmt: skip
 
 LEGEND = """\
@@ -1048,8 +1200,9 @@ hook p50/p99   ms from the emulator writing a committed transcript to the transc
 peak RSS MB    server VmRSS peak during the calls; RSS/call KB = (peak - idle) / calls
 rss over R     --rounds R ≥ 2: the same server runs the N calls R times; VmRSS peak per round and
                settled after it, spread = (max - min) / min (the table is round 1 alone)
-srv/gen/fix%   CPU of the server / load generator / fixtures (emulator + receiver) processes,
+srv/gen/fix%   CPU of the server(s) / load generator / fixtures (emulator + receiver) processes,
                busy% the whole machine (100% = one core), all over the steady window
+pg%            --database postgresql://: the local PostgreSQL server's processes, same window
 !              saturated: server ≥ 90% of a core, machine ≥ 95% busy or generator late > 20 ms"""
 
 
@@ -1061,6 +1214,7 @@ def row(result: dict[str, Any], system: str) -> list[str]:
     fwd, lag = result["fwd_latency_ms"], result["chunk_lag_ms"]
     hook = result.get("commit_to_webhook_ms") or {}
     frames, cpu, rss = result["frames"], result["cpu_percent"], result["rss"]
+    pg = result.get("postgres_cpu")
     return [
         str(result["calls"]), system + ("!" if result.get("saturated") else ""),
         f"{result['cpu_s_per_call_s'] * 1000:.2f}",
@@ -1072,6 +1226,7 @@ def row(result: dict[str, Any], system: str) -> list[str]:
         _ms(hook.get("p99")), f"{rss['peak_kb'] / 1024:.1f}", f"{rss['per_call_kb']:.0f}",
         f"{cpu['server']:.0f}", f"{cpu['generator']:.0f}", f"{cpu['fixtures']:.0f}",
         f"{cpu['machine']:.0f}",
+        "-" if not pg else f"{pg['server_percent']:.0f}",
     ]  # fmt: skip
 
 
@@ -1178,6 +1333,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "emulator_partials_ms": args.partials_ms,
         "server_env": list(args.server_env),
+        "instances": args.instances,
+        "database": "postgresql" if args.database != "sqlite" else "sqlite",
         "conversation": {
             "cycle_s": CYCLE_S,
             "utterances": conversation.utterances,
@@ -1277,6 +1434,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--workers", type=int, default=1, help="bridge worker processes (serve --workers N)"
     )
     parser.add_argument(
+        "--instances", type=int, default=1, metavar="K",
+        help="K separate bridge servers (each `serve` on its own port, in its own directory) "
+        "sharing the database; call i goes to server i mod K (1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--database", default="sqlite", metavar="URL",
+        help="the bridge's database: sqlite (a fresh file per run, the default) or a "
+        "postgresql:// URL (a fresh schema per run; PostgreSQL's own CPU is measured)",
+    )  # fmt: skip
+    parser.add_argument(
         "--worker-cpu", type=float, default=None, metavar="CORES",
         help="cap each server process (each bridge worker, the relay) at CORES of a core "
         "through a cgroup CPU quota, e.g. 0.35 (Linux, writable cgroups)",
@@ -1304,6 +1471,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             CpuCap(args.worker_cpu).check()
         except CpuCapError as exc:
             parser.error(f"--worker-cpu: {exc}")
+    if not 1 <= args.instances <= 16:
+        parser.error("--instances: between 1 and 16")
+    if args.database != "sqlite" and not args.database.startswith(("postgresql://", "postgres://")):
+        parser.error("--database: sqlite or a postgresql:// URL")
     if not 1 <= args.rounds <= 100:
         parser.error("--rounds: between 1 and 100")
     if not 2 <= args.duration <= 3600 or args.stagger < 0 or args.stagger >= args.duration / 2:
