@@ -727,3 +727,26 @@ def test_factory_reads_database_urls() -> None:
     assert isinstance(open_store("postgresql://u@h/db"), PostgresStore)
     with pytest.raises(StoreError, match="DATABASE_URL"):
         open_store("mysql://u@h/db")
+
+
+@pytest.mark.postgres
+async def test_postgres_store_warns_when_its_clock_and_the_databases_disagree(
+    tmp_path: Path,
+) -> None:
+    import structlog
+
+    backend = Backend("postgres", tmp_path)
+    await backend.setup()
+    try:
+        for offset_s, warned in ((0.0, False), (30.0, True)):
+            clock = FakeClock(datetime.now(UTC) + timedelta(seconds=offset_s))
+            store = PostgresStore(backend.url, clock=clock)
+            with structlog.testing.capture_logs() as logs:
+                await store.open()
+            await store.close()
+            skews = [entry for entry in logs if entry["event"] == "store.clock_skew"]
+            assert bool(skews) is warned, logs
+            if warned:
+                assert skews[0]["skew_s"] == pytest.approx(offset_s, abs=2.0)
+    finally:
+        await backend.teardown()

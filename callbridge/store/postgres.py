@@ -60,6 +60,10 @@ _MIGRATION_LOCK = (0x43425F4D, 1)  # ("CB_M", 1): schema migrations
 _CALL_LOCK_SPACE = 0x43425F43  # ("CB_C", hashtext(call_sid)): a call's delivery queues
 
 
+# Leases (webhook deliveries, live calls) are written with each process's clock and read by
+# others: beyond this much disagreement with the database's clock, say so at start-up.
+CLOCK_SKEW_WARNING_S = 1.0
+
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
 
@@ -179,10 +183,29 @@ class PostgresStore:
             ) from None
         try:
             await self._migrate(pool)
+            await self._check_clock(pool)
         except BaseException:
             await pool.close()
             raise
         self._pool = pool
+
+    async def _check_clock(self, pool: asyncpg.Pool) -> None:
+        """Warn when this process's clock and the database's disagree: another instance
+        would then take this one's leases early, or late."""
+        try:
+            async with pool.acquire() as conn:
+                before = self._clock()
+                database_now = await conn.fetchval("SELECT clock_timestamp()")
+                after = self._clock()
+        except _DB_ERRORS as exc:
+            raise StoreError(f"DATABASE_URL: {redact_url(self._url)}: {exc}") from None
+        skew_s = (before + (after - before) / 2 - database_now).total_seconds()
+        if abs(skew_s) > CLOCK_SKEW_WARNING_S:
+            log.warning(
+                "store.clock_skew",
+                skew_s=round(skew_s, 3),
+                detail="this clock and PostgreSQL's differ; keep every instance on NTP",
+            )
 
     async def _migrate(self, pool: asyncpg.Pool) -> None:
         migrations = load_migrations("postgres")
