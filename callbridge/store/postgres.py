@@ -56,7 +56,9 @@ def _as_is(value: Any) -> Any:
     return value
 
 
-_MIGRATION_LOCK = (0x43425F4D, 1)  # ("CB_M", 1): schema migrations
+# ("CB_M", hashtext(schema)): migrations of the schema the tables live in (current_schema()),
+# so deployments in other schemas of one database never wait on each other.
+MIGRATION_LOCK_SPACE = 0x43425F4D
 _CALL_LOCK_SPACE = 0x43425F43  # ("CB_C", hashtext(call_sid)): a call's delivery queues
 
 
@@ -210,14 +212,15 @@ class PostgresStore:
     async def _migrate(self, pool: asyncpg.Pool) -> None:
         migrations = load_migrations("postgres")
         latest = migrations[-1][0]
+        key = "$1, hashtext(current_schema())"
         try:
             async with pool.acquire() as conn, conn.transaction():
                 if not await conn.fetchval(
-                    "SELECT pg_try_advisory_xact_lock($1, $2)", *_MIGRATION_LOCK
+                    f"SELECT pg_try_advisory_xact_lock({key})", MIGRATION_LOCK_SPACE
                 ):
                     # Another process is migrating (or checking) the schema: wait for it.
                     log.info("store.migration_waiting", backend="postgres")
-                    await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", *_MIGRATION_LOCK)
+                    await conn.execute(f"SELECT pg_advisory_xact_lock({key})", MIGRATION_LOCK_SPACE)
                 await conn.execute(
                     "CREATE TABLE IF NOT EXISTS callbridge_schema (version INTEGER NOT NULL)"
                 )
