@@ -1,10 +1,11 @@
-"""The aiohttp application: wiring of routes, store, webhook dispatcher and live calls.
+"""The aiohttp application: wiring of routes, store, webhook dispatcher, jobs and live calls.
 
 :func:`create_app` builds the application from :class:`~callbridge.config.Settings`;
 :func:`serve` runs it until SIGTERM or SIGINT, then drains: ``/healthz`` answers 503, new
 media streams are refused, every live call commits its last turn and awaits its
 transcripts (bounded by ``server.shutdown_timeout_s``), the webhook dispatcher finishes its
-in-flight requests, and the process exits 0.
+in-flight requests, the job runner gives running jobs ``jobs.shutdown_grace_s`` and hands
+the rest back to the queue, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ from aiohttp import web
 from callbridge.api.routes import setup_api
 from callbridge.bridge import REGISTRY, setup_bridge_routes
 from callbridge.config import Settings, redacted
-from callbridge.context import EVENT_WRITERS, SETTINGS, SINK, STORE
+from callbridge.context import AFTER_CALL, EVENT_WRITERS, JOBS, SETTINGS, SINK, STORE
 from callbridge.event_journal import replay_journals
 from callbridge.event_writer import EventWriters, WriterSettings
+from callbridge.jobs.runner import JobRunner
 from callbridge.models import EndReason, utc_now
 from callbridge.sink import CallEventSink, FanOutSink, LoggingSink
 from callbridge.store.factory import open_store
 from callbridge.summary import summarize
 from callbridge.twilio.routes import setup_twilio_routes
 from callbridge.webhooks.dispatcher import WebhookDispatcher
-from callbridge.webhooks.sink import StoreSink
+from callbridge.webhooks.sink import AfterCall, StoreSink
 
 log = structlog.get_logger("callbridge.app")
 DISPATCHER = web.AppKey("webhook_dispatcher", WebhookDispatcher)
@@ -54,7 +56,24 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
         store, settings.webhook, lease_s=settings.webhook.timeout_s + 5.0
     )
     app[DISPATCHER] = dispatcher
-    sinks: list[CallEventSink] = [LoggingSink(), StoreSink(store, summarize, dispatcher.notify)]
+    jobs = JobRunner(
+        store.jobs,
+        poll_interval_s=settings.jobs.poll_interval_s,
+        keep_finished_s=settings.jobs.keep_finished_s,
+    )
+    app[JOBS] = jobs
+    after_call: list[AfterCall] = []  # features add their post-call job factories
+    app[AFTER_CALL] = after_call
+    sinks: list[CallEventSink] = [
+        LoggingSink(),
+        StoreSink(
+            store,
+            summarize,
+            dispatcher.notify,
+            after_call=after_call,
+            jobs_enqueued=jobs.notify,
+        ),
+    ]
     if extra_sink is not None:
         sinks.append(extra_sink)
     app[SINK] = FanOutSink(sinks)
@@ -75,6 +94,8 @@ async def _store_and_dispatcher(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     dispatcher = app[DISPATCHER]
     await dispatcher.start()
+    jobs = app[JOBS]
+    await jobs.start()
     purger = asyncio.create_task(_purge_finished(app), name="purge-deliveries")
     # Call events a previous process journaled (the store was down) go to the store now.
     replayer = asyncio.create_task(
@@ -88,6 +109,7 @@ async def _store_and_dispatcher(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(purger, replayer, return_exceptions=True)
         # Writers still waiting for the store journal what they hold, for the next start.
         await app[EVENT_WRITERS].stop()
+        await jobs.stop(timeout=settings.jobs.shutdown_grace_s)
         await dispatcher.stop(timeout=settings.webhook.timeout_s)
         await store.close()
 

@@ -113,6 +113,13 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class JobSettings:
+    poll_interval_s: float = 2.0
+    keep_finished_s: float = 7 * 86400.0
+    shutdown_grace_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class ApiSettings:
     tokens: tuple[str, ...] = ()
     max_page_size: int = 200
@@ -163,6 +170,7 @@ class Settings:
     turns: TurnSettings = field(default_factory=TurnSettings)
     speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     summary: SummarySettings = field(default_factory=SummarySettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -388,6 +396,8 @@ def check_values(settings: Settings) -> None:
         raise ConfigError("CALLBRIDGE_API_EVENTS_BUFFER", "must be at least 1")
     if not 1 <= s.database.pool_size <= 1000:
         raise ConfigError("CALLBRIDGE_DATABASE_POOL_SIZE", "must be a whole number from 1 to 1000")
+    if s.jobs.poll_interval_s <= 0:
+        raise ConfigError("CALLBRIDGE_JOBS_POLL_INTERVAL_S", "must be more than 0")
     if s.logging.format not in {"auto", "json", "console"}:
         raise ConfigError("CALLBRIDGE_LOGGING_FORMAT", "must be auto, json or console")
 

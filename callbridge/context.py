@@ -8,9 +8,11 @@ from aiohttp import web
 
 from callbridge.config import Settings
 from callbridge.event_writer import EventWriters
+from callbridge.jobs.runner import JobRunner
 from callbridge.models import EndReason
 from callbridge.sink import CallEventSink
 from callbridge.store.base import DurableStore
+from callbridge.webhooks.sink import AfterCall
 
 
 class LiveCalls(Protocol):
@@ -27,3 +29,7 @@ STORE = web.AppKey("store", DurableStore)
 LIVE_CALLS = web.AppKey("live_calls", LiveCalls)
 SINK = web.AppKey("sink", CallEventSink)
 EVENT_WRITERS = web.AppKey("event_writers", EventWriters)
+# The background-job runner; features register their job kinds on it in create_app.
+JOBS = web.AppKey("jobs", JobRunner)
+# Post-call job factories: a feature appends one to have jobs enqueued at every call's end.
+AFTER_CALL = web.AppKey("after_call", list[AfterCall])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +103,14 @@ class RunningBridge:
 
 
 @asynccontextmanager
-async def running_bridge(settings: Settings) -> AsyncIterator[RunningBridge]:
+async def running_bridge(
+    settings: Settings, configure: Callable[[web.Application], None] | None = None
+) -> AsyncIterator[RunningBridge]:
+    """The bridge on its port; ``configure`` may adjust the app before it starts (e.g.
+    register a job kind)."""
     app = create_app(settings)
+    if configure is not None:
+        configure(app)
     runner = web.AppRunner(app, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", settings.server.port)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from callbridge.jobs.model import JobQueue, NewJob
 from callbridge.models import CallEnded, CallInfo, CommittedSegment
 
 
@@ -105,9 +106,14 @@ class Store(Protocol):
         """Store the segment and enqueue its event (none for empty text), in one transaction."""
 
     async def call_ended(
-        self, ended: CallEnded, summary: Mapping[str, Any], events: Sequence[OutboxEvent]
+        self,
+        ended: CallEnded,
+        summary: Mapping[str, Any],
+        events: Sequence[OutboxEvent],
+        jobs: Sequence[NewJob] = (),
     ) -> None:
-        """Store the end, the summary and the ``call.ended`` event, in one transaction."""
+        """Store the end, the summary and the ``call.ended`` event, and enqueue the call's
+        post-call ``jobs`` (see :mod:`callbridge.jobs`), in one transaction."""
 
     async def set_ai_summary(
         self, call_sid: str, ai_summary: Mapping[str, Any], events: Sequence[OutboxEvent]
@@ -129,7 +135,8 @@ class Store(Protocol):
     async def get_segments(self, call_sid: str) -> list[CommittedSegment]: ...
 
     async def delete_call(self, call_sid: str) -> bool:
-        """Erase the call, its segments and its events and deliveries; False if unknown."""
+        """Erase the call, its segments, its events and deliveries, and its jobs; False if
+        unknown."""
 
     # the event log --------------------------------------------------------------------
     async def events_after(
@@ -144,6 +151,10 @@ class Store(Protocol):
     def on_events_stored(self, callback: EventsStored | None) -> None:
         """Call ``callback(call_sid)`` after every commit of this store object that stored
         events (other processes' writes are not seen); None stops it."""
+
+    @property
+    def jobs(self) -> JobQueue:
+        """The durable background-job queue in the same database."""
 
 
 # --- the webhook outbox: per-target deliveries (added for the dispatcher) -----------------

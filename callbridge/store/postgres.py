@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import structlog
 
+from callbridge.jobs.model import JobQueue, NewJob
 from callbridge.models import CallEnded, CallInfo, CommittedSegment, utc_now
 from callbridge.store.base import (
     CallRecord,
@@ -38,6 +39,7 @@ from callbridge.store.base import (
     from_micros,
     to_micros,
 )
+from callbridge.store.jobs_postgres import PostgresJobQueue, insert_jobs
 from callbridge.store.rows import (
     CALL_COLUMNS,
     DELIVERY_COLUMNS,
@@ -108,6 +110,10 @@ class PostgresStore:
     @property
     def webhook_targets(self) -> tuple[str, ...]:
         return self._targets
+
+    @property
+    def jobs(self) -> JobQueue:
+        return PostgresJobQueue(self._connection, self._transaction)
 
     # plumbing -----------------------------------------------------------------------------
 
@@ -390,7 +396,11 @@ class PostgresStore:
             await self._enqueue(conn, events, now, claims)
 
     async def call_ended(
-        self, ended: CallEnded, summary: Mapping[str, Any], events: Sequence[OutboxEvent]
+        self,
+        ended: CallEnded,
+        summary: Mapping[str, Any],
+        events: Sequence[OutboxEvent],
+        jobs: Sequence[NewJob] = (),
     ) -> None:
         now = self._clock()
         async with self._write() as (conn, claims):
@@ -422,6 +432,7 @@ class PostgresStore:
                 dict(summary),
             )
             await self._enqueue(conn, events, now, claims)
+            await insert_jobs(conn, jobs, now)
 
     async def set_ai_summary(
         self, call_sid: str, ai_summary: Mapping[str, Any], events: Sequence[OutboxEvent]
@@ -497,13 +508,14 @@ class PostgresStore:
         return [committed_segment(row, _as_is, _as_is) for row in rows]
 
     async def delete_call(self, call_sid: str) -> bool:
-        """Erase the call, its segments and all its events and deliveries (their bodies
-        carry transcript text, so delivered ones go too)."""
+        """Erase the call, its segments, its jobs and all its events and deliveries (their
+        bodies carry transcript text, so delivered ones go too)."""
         async with self._transaction() as conn:
             await conn.execute(
                 "SELECT pg_advisory_xact_lock($1, hashtext($2))", _CALL_LOCK_SPACE, call_sid
             )
             await conn.execute("DELETE FROM deliveries WHERE call_sid = $1", call_sid)
+            await conn.execute("DELETE FROM jobs WHERE call_sid = $1", call_sid)
             events = await conn.execute("DELETE FROM events WHERE call_sid = $1", call_sid)
             segments = await conn.execute("DELETE FROM segments WHERE call_sid = $1", call_sid)
             calls = await conn.execute("DELETE FROM calls WHERE call_sid = $1", call_sid)

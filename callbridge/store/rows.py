@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
+from callbridge.jobs.model import Job, JobStatus
 from callbridge.models import CommittedSegment, Track, Word
 from callbridge.store.base import CallRecord, CallStatus, Delivery
 
@@ -97,4 +98,34 @@ def delivery(row: Row, time: DecodeTime) -> Delivery:
         body=bytes(row["body"]),
         attempts=row["attempts"],
         created_at=time(row["created_at"]),
+    )
+
+
+# --- the job queue ----------------------------------------------------------------------------
+
+JOB_COLUMNS = (
+    "job_id, kind, call_sid, payload, status, attempts, next_attempt_at, last_error, "
+    "lease_owner, lease_expires_at, created_at, finished_at"
+)
+
+
+def job(row: Row, json: DecodeJson, time: DecodeTime) -> Job:
+    """A row of :data:`JOB_COLUMNS` as a :class:`~callbridge.jobs.model.Job`."""
+
+    def optional_time(value: Any) -> datetime | None:
+        return None if value is None else time(value)
+
+    return Job(
+        job_id=row["job_id"],
+        kind=row["kind"],
+        call_sid=row["call_sid"],
+        payload=json(row["payload"]),
+        status=JobStatus(row["status"]),
+        attempts=row["attempts"],
+        next_attempt_at=time(row["next_attempt_at"]),
+        last_error=row["last_error"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=optional_time(row["lease_expires_at"]),
+        created_at=time(row["created_at"]),
+        finished_at=optional_time(row["finished_at"]),
     )

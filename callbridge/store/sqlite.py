@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from callbridge.jobs.model import JobQueue, NewJob
 from callbridge.models import CallEnded, CallInfo, CommittedSegment, utc_now
 from callbridge.store.base import (
     CallRecord,
@@ -39,6 +40,7 @@ from callbridge.store.base import (
     from_micros,
     to_micros,
 )
+from callbridge.store.jobs_sqlite import SqliteJobQueue, insert_jobs
 from callbridge.store.rows import (
     CALL_COLUMNS,
     DELIVERY_COLUMNS,
@@ -109,6 +111,10 @@ class SqliteStore:
     @property
     def webhook_targets(self) -> tuple[str, ...]:
         return self._targets
+
+    @property
+    def jobs(self) -> JobQueue:
+        return SqliteJobQueue(self._run, self._write)
 
     # plumbing -----------------------------------------------------------------------------
 
@@ -395,7 +401,11 @@ class SqliteStore:
         await self._write(work)
 
     async def call_ended(
-        self, ended: CallEnded, summary: Mapping[str, Any], events: Sequence[OutboxEvent]
+        self,
+        ended: CallEnded,
+        summary: Mapping[str, Any],
+        events: Sequence[OutboxEvent],
+        jobs: Sequence[NewJob] = (),
     ) -> None:
         now = self._now_us()
 
@@ -429,6 +439,7 @@ class SqliteStore:
                 ),
             )
             self._enqueue(conn, events, now)
+            insert_jobs(conn, jobs, now)
 
         await self._write(work)
 
@@ -514,11 +525,12 @@ class SqliteStore:
         return [committed_segment(row, json.loads, from_micros) for row in await self._run(work)]
 
     async def delete_call(self, call_sid: str) -> bool:
-        """Erase the call, its segments and all its events and deliveries (their bodies
-        carry transcript text, so delivered ones go too)."""
+        """Erase the call, its segments, its jobs and all its events and deliveries (their
+        bodies carry transcript text, so delivered ones go too)."""
 
         def work(conn: sqlite3.Connection) -> bool:
             conn.execute("DELETE FROM deliveries WHERE call_sid = ?", (call_sid,))
+            conn.execute("DELETE FROM jobs WHERE call_sid = ?", (call_sid,))
             events = conn.execute("DELETE FROM events WHERE call_sid = ?", (call_sid,)).rowcount
             segments = conn.execute("DELETE FROM segments WHERE call_sid = ?", (call_sid,)).rowcount
             calls = conn.execute("DELETE FROM calls WHERE call_sid = ?", (call_sid,)).rowcount

@@ -1,7 +1,9 @@
 """The production call sink: stores every call event and enqueues its webhook event.
 
 Each write is one store transaction (the transactional outbox), after which the
-dispatcher is told that new deliveries may be due.
+dispatcher is told that new deliveries may be due. A call's end also enqueues its
+post-call jobs (:mod:`callbridge.jobs`) in that same transaction, so a crash can lose
+neither the end nor the work that follows it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from callbridge.jobs.model import NewJob
 from callbridge.models import CallEnded, CallInfo, CommittedSegment
 from callbridge.store.base import Store
 from callbridge.webhooks.events import (
@@ -22,6 +25,8 @@ from callbridge.webhooks.events import (
 log = structlog.get_logger(__name__)
 
 Summarize = Callable[[CallEnded, Sequence[CommittedSegment]], Mapping[str, Any]]
+# The jobs a feature wants after a call (none for a call it does not concern).
+AfterCall = Callable[[CallEnded], Sequence[NewJob]]
 
 
 def _no_notify() -> None:
@@ -32,7 +37,9 @@ class StoreSink:
     """:class:`callbridge.sink.CallEventSink` backed by a store and the webhook outbox.
 
     ``summarize`` builds the post-call summary from the end and the stored segments;
-    ``notify`` is usually ``WebhookDispatcher.notify``.
+    ``notify`` is usually ``WebhookDispatcher.notify``. ``after_call`` lists the features'
+    post-call job factories (the list may grow until the first call ends), and
+    ``jobs_enqueued`` is usually ``JobRunner.notify``.
     """
 
     def __init__(
@@ -40,10 +47,15 @@ class StoreSink:
         store: Store,
         summarize: Summarize,
         notify: Callable[[], None] = _no_notify,
+        *,
+        after_call: Sequence[AfterCall] = (),
+        jobs_enqueued: Callable[[], None] = _no_notify,
     ) -> None:
         self._store = store
         self._summarize = summarize
         self._notify = notify
+        self._after_call = after_call
+        self._jobs_enqueued = jobs_enqueued
 
     async def call_started(self, call: CallInfo) -> None:
         await self._store.call_started(call, [call_started_event(call)])
@@ -68,5 +80,8 @@ class StoreSink:
                 "segments": ended.segments,
                 "error": "summary_failed",
             }
-        await self._store.call_ended(ended, summary, [call_ended_event(ended, summary)])
+        jobs = [job for factory in self._after_call for job in factory(ended)]
+        await self._store.call_ended(ended, summary, [call_ended_event(ended, summary)], jobs=jobs)
         self._notify()
+        if jobs:
+            self._jobs_enqueued()
