@@ -21,6 +21,8 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from callbridge.ai_summary.job import with_ai_pending
+from callbridge.ai_summary.setup import setup_ai_summary
 from callbridge.api.routes import setup_api
 from callbridge.bridge import REGISTRY, setup_bridge_routes
 from callbridge.config import Settings, redacted
@@ -68,7 +70,7 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
         LoggingSink(),
         StoreSink(
             store,
-            summarize,
+            with_ai_pending(summarize) if settings.summary.enabled else summarize,
             dispatcher.notify,
             after_call=after_call,
             jobs_enqueued=jobs.notify,
@@ -80,6 +82,8 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
     app[EVENT_WRITERS] = EventWriters(
         WriterSettings(journal_dir=Path(settings.database.journal_dir))
     )
+    if settings.summary.enabled:
+        setup_ai_summary(app, notify=dispatcher.notify)
     app.cleanup_ctx.append(_store_and_dispatcher)
     app.on_shutdown.append(_end_live_calls)  # first: event streams see the calls end
     setup_twilio_routes(app)

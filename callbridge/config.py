@@ -143,6 +143,8 @@ class SummarySettings:
     llm_input_budget_tokens: int = 8000
     concurrency: int = 4
     retry_for_s: float = 3600.0
+    backoff_initial_s: float = 2.0
+    backoff_max_s: float = 300.0
 
     @property
     def enabled(self) -> bool:
@@ -436,6 +438,11 @@ def _check_summary(summary: SummarySettings) -> None:
         raise ConfigError("CALLBRIDGE_SUMMARY_CONCURRENCY", "must be at least 1")
     if summary.retry_for_s < 0:
         raise ConfigError("CALLBRIDGE_SUMMARY_RETRY_FOR_S", "must not be negative")
+    if not 0 < summary.backoff_initial_s <= summary.backoff_max_s:
+        raise ConfigError(
+            "CALLBRIDGE_SUMMARY_BACKOFF_INITIAL_S",
+            "need 0 < backoff_initial_s <= backoff_max_s",
+        )
 
 
 def check_serve(settings: Settings) -> None:

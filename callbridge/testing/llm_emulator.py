@@ -138,6 +138,8 @@ class LLMEmulator:
         self.latency_s = latency_s
         self.default_fault: LLMFault | None = None
         self.requests: list[EmulatedRequest] = []
+        self.in_flight = 0  # chat requests being answered now
+        self.max_in_flight = 0  # the most ever answered at once
         self._faults: deque[LLMFault | None] = deque()
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -270,6 +272,14 @@ class LLMEmulator:
         return web.json_response({"object": "list", "data": data})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._chat_answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _chat_answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         fault = self._faults.popleft() if self._faults else self.default_fault
         kind = fault.kind if fault else None

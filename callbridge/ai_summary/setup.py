@@ -1,0 +1,34 @@
+"""Turning the AI summary on in the application (when ``CALLBRIDGE_SUMMARY_LLM_URL`` is set).
+
+One :class:`~callbridge.ai_summary.llm.ChatLLM` per process (its connection pool is shared
+by every summary), the ``ai_summary`` job kind on the job runner, and the post-call job
+factory that enqueues a call's summary with its end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from callbridge.ai_summary.job import AISummaryJob, llm_options
+from callbridge.ai_summary.llm import ChatLLM
+from callbridge.context import AFTER_CALL, JOBS, SETTINGS, STORE
+
+AI_SUMMARY = web.AppKey("ai_summary", AISummaryJob)
+
+
+def setup_ai_summary(app: web.Application, *, notify: Callable[[], None]) -> AISummaryJob:
+    """Register the AI summary on ``app``; ``notify`` wakes the webhook dispatcher."""
+    settings = app[SETTINGS]
+    llm = ChatLLM(llm_options(settings.summary))
+    job = AISummaryJob(app[STORE], settings, llm, notify=notify)
+    app[JOBS].register(job.kind())
+    app[AFTER_CALL].append(job.after_call)
+    app[AI_SUMMARY] = job
+
+    async def close_llm(app: web.Application) -> None:
+        await llm.aclose()
+
+    app.on_cleanup.append(close_llm)
+    return job
