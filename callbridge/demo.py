@@ -4,8 +4,10 @@ It starts the real bridge in-process on a free local port (temporary SQLite data
 random Twilio and API tokens), a local webhook receiver that verifies the Standard
 Webhooks signatures, and, without ``ELEVENLABS_API_KEY``, the bundled Scribe emulator.
 Then it plays the bundled two-speaker sample call through the real code path as a Twilio
-call, prints every ``transcript.committed`` event as the receiver gets it, and finally
-the post-call summary from the ``call.ended`` event.
+call, prints every ``transcript.committed`` event as the receiver gets it, the post-call
+summary from the ``call.ended`` event, and the AI summary from ``call.summarized``: written
+by the LLM at ``CALLBRIDGE_SUMMARY_LLM_URL`` when it is set, else by the bundled LLM
+emulator (every text marked ``[emulated]``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from callbridge.config import (
     DatabaseSettings,
     LoggingSettings,
     Settings,
+    SummarySettings,
     TwilioSettings,
     WebhookSettings,
     load_settings,
@@ -47,6 +50,7 @@ from callbridge.simulate import (
     speed_text,
     summary_lines,
 )
+from callbridge.testing.llm_emulator import EMULATED_MODEL, LLMEmulator
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.twilio_simulator import new_call_sid
 from callbridge.testing.webhook_receiver import ReceivedRequest, Reply, WebhookReceiver
@@ -56,7 +60,12 @@ EMULATOR_NOTICE = (
     "callbridge demo: no ELEVENLABS_API_KEY, using the bundled Scribe emulator "
     "(text shows what it heard, e.g. [emulated: 1.8 s of speech])"
 )
+LLM_EMULATOR_NOTICE = (
+    "callbridge demo: no CALLBRIDGE_SUMMARY_LLM_URL, the AI summary comes from the bundled "
+    "LLM emulator (every text marked [emulated])"
+)
 CALL_END_WAIT_S = 60.0
+AI_SUMMARY_WAIT_S = 300.0  # a real LLM retried through a few failures
 AS_FAST_AS_POSSIBLE = 100.0  # what --speed 0 amounts to, for the turn settings
 
 
@@ -73,6 +82,7 @@ def demo_settings(
     database_path: Path,
     speed: float,
     log_level: str,
+    summary: SummarySettings | None = None,
 ) -> Settings:
     """``base`` (the user's config) pointed at the local pieces of the demo."""
     scribe = base.scribe
@@ -107,6 +117,8 @@ def demo_settings(
         turns=turns,
         webhook=WebhookSettings(urls=(webhook_url,), secret=webhook_secret, backoff_initial_s=0.2),
         api=ApiSettings(tokens=(api_token,)),
+        summary=summary or base.summary,
+        jobs=dataclasses.replace(base.jobs, poll_interval_s=0.1),
         database=DatabaseSettings(
             url=f"sqlite:///{database_path}", journal_dir=str(database_path.parent / "journal")
         ),
@@ -120,7 +132,10 @@ class EventPrinter:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.seen: set[str] = set()
-        self.call_ended: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.call_ended: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.call_summarized: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.arrived: dict[str, float] = {}  # event type → when it first arrived
         self.bad_signatures = 0
 
     def __call__(self, request: ReceivedRequest) -> Reply:
@@ -132,11 +147,14 @@ class EventPrinter:
         if webhook_id in self.seen:  # at-least-once delivery: a retry of one already shown
             return Reply(200)
         self.seen.add(webhook_id)
+        self.arrived.setdefault(request.event_type or "", request.received_monotonic)
         data = request.data
         if request.event_type == "transcript.committed":
             self.console.line(segment_line(data))
         elif request.event_type == "call.ended" and not self.call_ended.done():
             self.call_ended.set_result(data)
+        elif request.event_type == "call.summarized" and not self.call_summarized.done():
+            self.call_summarized.set_result(data)
         return Reply(200)
 
 
@@ -160,6 +178,13 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         )
     else:
         console.line(EMULATOR_NOTICE)
+    if base.summary.enabled:
+        console.line(
+            f"callbridge demo: the AI summary comes from {base.summary.llm_model} at "
+            f"{base.summary.llm_url}"
+        )
+    else:
+        console.line(LLM_EMULATOR_NOTICE)
     configure_logging(base.logging.format, "info" if args.verbose else "warning")
     tracks = load_call_audio(args.wav or sample_call_path())
     twilio_token = secrets.token_hex(16)
@@ -174,6 +199,13 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             emulator = ScribeEmulator(api_key=scribe_key, transcriber="duration")
             await stack.enter_async_context(emulator)
             scribe_url = emulator.url
+        summary_settings = None
+        if not base.summary.enabled:
+            llm_key = "sk-demo-" + secrets.token_hex(12)
+            llm = await stack.enter_async_context(LLMEmulator(api_key=llm_key))
+            summary_settings = SummarySettings(
+                llm_url=llm.url, llm_model=EMULATED_MODEL, llm_key=llm_key
+            )
         receiver = WebhookReceiver(secret=webhook_secret)
         receiver.set_responder(printer)
         await stack.enter_async_context(receiver)
@@ -192,6 +224,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             database_path=workdir / "demo.db",
             speed=speed,
             log_level="info" if args.verbose else "warning",
+            summary=summary_settings,
         )
         runner = web.AppRunner(
             create_app(settings), handle_signals=False, access_log=None, shutdown_timeout=5.0
@@ -234,6 +267,20 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         console.line("")
         for line in summary_lines(summary):
             console.line(line)
+        console.progress("AI summary: waiting for the LLM…")
+        try:
+            async with asyncio.timeout(AI_SUMMARY_WAIT_S):
+                summarized = await printer.call_summarized
+        except TimeoutError:
+            raise SimulateError(
+                f"no call.summarized webhook within {AI_SUMMARY_WAIT_S:.0f} s of the call's "
+                "end (run with --verbose to see the bridge's log)"
+            ) from None
+        console.progress("")
+        console.line("")
+        waited_s = printer.arrived["call.summarized"] - printer.arrived["call.ended"]
+        for line in ai_summary_lines(summarized.get("ai") or {}, waited_s):
+            console.line(line)
         if summary.get("reason") == "error" or summary.get("degraded"):
             raise SimulateError(
                 "the call was not fully transcribed "
@@ -249,6 +296,35 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
     return 0 if not printer.bad_signatures else 1
 
 
+def ai_summary_lines(ai: dict[str, Any], waited_s: float) -> list[str]:
+    """The AI summary, readable on a terminal."""
+    usage = ai.get("usage") or {}
+    cost = (
+        f"{usage.get('requests', 0)} request(s), {usage.get('prompt_tokens', 0)} prompt + "
+        f"{usage.get('completion_tokens', 0)} completion tokens, {waited_s:.2f} s after call.ended"
+    )
+    if ai.get("status") != "ready":
+        error = ai.get("error") or {}
+        return [
+            f"AI summary FAILED ({error.get('code', ai.get('status'))}): "
+            f"{error.get('message', '')}",
+            f"  ({cost})",
+        ]
+    outcome = ai.get("outcome") or {}
+    lines = [
+        f"AI summary by {ai.get('model')} ({cost}):",
+        f"  Gist: {ai.get('gist')}",
+        f"  Reason: {ai.get('reason')}",
+        f"  Outcome: {outcome.get('status')}: {outcome.get('text')}",
+    ]
+    items = ai.get("action_items") or []
+    lines.append("  Action items:" + ("" if items else " none"))
+    lines += [f"    - {item.get('owner')}: {item.get('text')}" for item in items]
+    sentiment = ai.get("sentiment") or {}
+    lines.append("  Sentiment: " + ", ".join(f"{k} {v}" for k, v in sentiment.items()))
+    return lines
+
+
 def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "demo",
@@ -257,8 +333,9 @@ def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
             "Start the real bridge in-process with a temporary database, a local webhook "
             "receiver (signatures verified) and, without ELEVENLABS_API_KEY, the bundled "
             "Scribe emulator; play the bundled two-speaker call through it as a Twilio call; "
-            "print each transcript.committed webhook and the post-call summary. "
-            "No network is needed without a key."
+            "print each transcript.committed webhook, the post-call summary and the AI summary "
+            "(from CALLBRIDGE_SUMMARY_LLM_URL if set, else from the bundled LLM emulator). "
+            "No network is needed without a key or an LLM URL."
         ),
     )
     parser.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import pytest
 from callbridge.config import Settings
 from callbridge.demo import demo_settings
 from callbridge.simulate import sample_call_path
+from callbridge.testing.llm_emulator import LLMEmulator
 
 SEGMENT = re.compile(r"^\[(\d\d):(\d\d\.\d)\] (caller|agent): (.*)$")
 EMULATED = re.compile(r"^\[emulated: \d+\.\d s of speech\]$")
@@ -80,6 +82,46 @@ def test_demo_prints_the_sample_call_turn_by_turn_and_a_summary() -> None:
     assert "caller  talk" in summary and "agent   talk" in summary
     assert "overlap" in summary and "silence" in summary
     assert "all signatures valid" in summary
+
+    # the AI summary of the sample call, from the bundled LLM emulator, marked as such
+    assert "no CALLBRIDGE_SUMMARY_LLM_URL" in lines[1] and "LLM emulator" in lines[1]
+    ai_at = next(i for i, line in enumerate(lines) if line.startswith("AI summary by "))
+    assert ai_at > summary_at
+    assert lines[ai_at].startswith("AI summary by callbridge-emulated-llm (1 request(s), ")
+    ai = dict(line.strip().split(": ", 1) for line in lines[ai_at + 1 : ai_at + 4])
+    assert ai["Gist"].startswith("[emulated] 10 lines")
+    assert ai["Reason"].startswith("[emulated] caller said:")
+    assert ai["Outcome"].startswith(("resolved", "unresolved", "escalated", "follow_up"))
+    assert any(line.startswith("  Sentiment: caller ") for line in lines[ai_at:])
+
+
+@pytest.mark.slow
+async def test_demo_uses_the_configured_llm() -> None:
+    async with LLMEmulator(api_key="sk-configured", models=("my-local-model",)) as llm:
+        env = demo_env() | {
+            "CALLBRIDGE_SUMMARY_LLM_URL": llm.url,
+            "CALLBRIDGE_SUMMARY_LLM_MODEL": "my-local-model",
+            "CALLBRIDGE_SUMMARY_LLM_KEY": "sk-configured",
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "callbridge",
+            "demo",
+            "--speed",
+            "0",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 90)
+    stdout = out.decode()
+    assert process.returncode == 0, stdout + err.decode()
+    assert f"the AI summary comes from my-local-model at {llm.url}" in stdout
+    assert "AI summary by my-local-model (1 request(s)" in stdout
+    [request] = llm.chat_requests
+    assert request.json["model"] == "my-local-model"
+    assert request.headers["authorization"] == "Bearer sk-configured"
 
 
 @pytest.mark.parametrize(
