@@ -222,3 +222,20 @@ def test_instances_benchmark_runs_two_servers_on_one_postgresql(tmp_path: Path) 
     # the run had a fresh schema of its own, dropped afterwards
     assert data["postgres_schema"].startswith("cb_bench_")
     assert not asyncio.run(schema_left(data["postgres_schema"]))
+
+
+def test_ai_summary_benchmark_reports_tokens_and_time(tmp_path: Path) -> None:
+    out = tmp_path / "ai.json"
+    args = ["--runs", "1", "--long-minutes", "5", "--budget", "2000", "--json", str(out)]
+    result = run_benchmark("ai_summary.py", *args, cwd=tmp_path)
+    assert "call.ended → call.summarized: median" in result.stdout
+    report = json.loads(out.read_text())
+    e2e = report["sample_call_end_to_end"]
+    assert e2e["usage"]["requests"] == 1 and e2e["usage"]["prompt_tokens"] > 0
+    assert e2e["segments"] >= 9
+    words = report["sample_call_words"]
+    assert (words["lines"], words["parts"], words["usage"]["requests"]) == (9, 1, 1)
+    long_call = report["long_call"]
+    assert long_call["parts"] > 1
+    assert long_call["usage"]["requests"] > long_call["parts"]  # the parts, then combining
+    assert long_call["estimated_prompt_tokens"] >= long_call["usage"]["prompt_tokens"]
