@@ -39,6 +39,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from callbridge.ai_summary.job import speaker_roles
 from callbridge.ai_summary.llm import ChatLLM, LLMOptions
 from callbridge.ai_summary.prompt import (
     CallTranscript,
@@ -48,7 +49,7 @@ from callbridge.ai_summary.prompt import (
 )
 from callbridge.ai_summary.summarizer import CallSummarizer
 from callbridge.app import create_app
-from callbridge.config import Settings, SummarySettings
+from callbridge.config import Settings, SpeakerSettings, SummarySettings
 from callbridge.demo import _listening_socket, demo_settings
 from callbridge.logs import configure_logging
 from callbridge.simulate import Bridge, load_call_audio, play_call, sample_call_path
@@ -57,7 +58,7 @@ from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.twilio_simulator import new_call_sid
 from callbridge.testing.webhook_receiver import ReceivedRequest, WebhookReceiver
 
-ROLES = {"caller": "the caller", "agent": "the agent"}
+ROLES = speaker_roles(SpeakerSettings())
 
 
 def script_lines() -> list[Line]:
