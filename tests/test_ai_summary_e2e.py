@@ -29,6 +29,7 @@ from tests.bridge_harness import (
     free_port,
     running_bridge,
 )
+from tests.sse import SseReader
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 DURATION_MS = 6000
@@ -276,3 +277,25 @@ async def test_summaries_run_with_bounded_concurrency_and_delay_no_webhook(
         r.received_monotonic for r in receiver.requests if r.event_type == "call.ended"
     )
     assert last_ended < first_summary
+
+
+async def test_the_event_stream_stays_open_for_the_summary_then_ends(
+    tmp_path: Path, scribe: ScribeEmulator, receiver: WebhookReceiver
+) -> None:
+    async with LLMEmulator(latency_s=1.0) as llm:
+        settings = ai_settings(tmp_path, scribe.url, llm, receiver)
+        async with running_bridge(settings) as bridge, aiohttp.ClientSession() as session:
+            call_sid = await play_call(bridge)
+            await receiver.wait_for(1, 10, of_type("call.ended", call_sid))
+            url = f"{bridge.base_url}/v1/calls/{call_sid}/events"
+            async with session.get(url, headers=AUTH) as response:
+                assert response.status == 200
+                messages = await asyncio.wait_for(SseReader(response).collect(), 20)
+            async with session.get(
+                url, headers={**AUTH, "Last-Event-ID": messages[-1].id or ""}
+            ) as again:
+                assert again.status == 204  # nothing more will come
+    types = [m.event for m in messages]
+    assert types[-2:] == ["call.ended", "call.summarized"]
+    hooks = {r.webhook_id: r.body.decode() for r in receiver.requests}
+    assert all(hooks[m.id] == m.data for m in messages if m.id)  # the webhook bodies

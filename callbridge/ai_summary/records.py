@@ -9,6 +9,7 @@ from typing import Any
 from callbridge.ai_summary.schema import AIStatus
 from callbridge.ai_summary.summarizer import Usage, WrittenSummary
 from callbridge.models import rfc3339
+from callbridge.store.base import CallRecord
 
 
 class FailureCode:
@@ -53,3 +54,10 @@ def failed_record(
     if usage is not None and usage.requests:
         record["usage"] = usage.to_json()
     return record
+
+
+def ai_summary_pending(call: CallRecord) -> bool:
+    """Whether the call's AI summary is still to come: its end said ``ai: pending`` and no
+    final state (ready or failed) is stored yet."""
+    announced = (call.summary or {}).get("ai") or {}
+    return announced.get("status") == AIStatus.PENDING and call.ai_summary is None

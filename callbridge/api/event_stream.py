@@ -26,6 +26,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from callbridge.ai_summary.records import ai_summary_pending
 from callbridge.context import SETTINGS, STORE
 from callbridge.http_errors import json_error
 from callbridge.live_feed import FETCH_PAGE, EventSubscription, LiveFeed, LivePartial
@@ -41,10 +42,10 @@ RECONNECT_MS = 3000
 
 
 async def post_call_pending(store: Store, call_sid: str) -> bool:
-    """Whether work that stores more of the call's events after ``call.ended`` is pending.
-
-    No such work exists yet, so a stream ends with ``call.ended``."""
-    return False
+    """Whether work that stores more of the call's events after ``call.ended`` is pending:
+    the AI summary (its ``call.summarized`` is still to come)."""
+    call = await store.get_call(call_sid)
+    return call is not None and ai_summary_pending(call)
 
 
 def event_frame(event: StoredEvent) -> bytes:
