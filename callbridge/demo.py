@@ -158,6 +158,20 @@ class EventPrinter:
         return Reply(200)
 
 
+async def webhook_within(
+    arrival: asyncio.Future[dict[str, Any]], event_type: str, wait_s: float
+) -> dict[str, Any]:
+    """The event's ``data`` once it arrives, or a :class:`SimulateError` after ``wait_s``."""
+    try:
+        async with asyncio.timeout(wait_s):
+            return await arrival
+    except TimeoutError:
+        raise SimulateError(
+            f"no {event_type} webhook within {wait_s:.0f} s of the call's end "
+            "(run with --verbose to see the bridge's log)"
+        ) from None
+
+
 def _listening_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -255,27 +269,15 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
                 on_progress=lambda sent, total: console.progress(progress_text(sent, total)),
             )
         console.progress("")
-        try:
-            async with asyncio.timeout(CALL_END_WAIT_S):
-                ended = await printer.call_ended
-        except TimeoutError:
-            raise SimulateError(
-                f"no call.ended webhook within {CALL_END_WAIT_S:.0f} s of the call's end "
-                "(run with --verbose to see the bridge's log)"
-            ) from None
+        ended = await webhook_within(printer.call_ended, "call.ended", CALL_END_WAIT_S)
         summary = ended.get("summary") or {}
         console.line("")
         for line in summary_lines(summary):
             console.line(line)
         console.progress("AI summary: waiting for the LLM…")
-        try:
-            async with asyncio.timeout(AI_SUMMARY_WAIT_S):
-                summarized = await printer.call_summarized
-        except TimeoutError:
-            raise SimulateError(
-                f"no call.summarized webhook within {AI_SUMMARY_WAIT_S:.0f} s of the call's "
-                "end (run with --verbose to see the bridge's log)"
-            ) from None
+        summarized = await webhook_within(
+            printer.call_summarized, "call.summarized", AI_SUMMARY_WAIT_S
+        )
         console.progress("")
         console.line("")
         waited_s = printer.arrived["call.summarized"] - printer.arrived["call.ended"]

@@ -36,13 +36,13 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 
 from aiohttp import web
 
 from callbridge.testing.llm_answers import answer_for, count_tokens, token_ends
 from callbridge.testing.llm_requests import ApiError, check_request, message_text
+from callbridge.testing.local_server import LocalHttpServer
 
 EMULATED_MODEL = "callbridge-emulated-llm"
 DEFAULT_API_KEY = "sk-emulated-test-key"
@@ -118,7 +118,7 @@ class EmulatedRequest:
     received_at: float = field(default_factory=time.time)
 
 
-class LLMEmulator:
+class LLMEmulator(LocalHttpServer):
     """The emulator server (see the module docstring). ``port=0`` picks a free port."""
 
     def __init__(
@@ -131,6 +131,7 @@ class LLMEmulator:
         context_tokens: int = 128_000,
         latency_s: float = 0.0,
     ) -> None:
+        super().__init__(port)
         self.api_key = api_key
         self.models = tuple(models)
         self.response_formats = tuple(response_formats)
@@ -141,17 +142,11 @@ class LLMEmulator:
         self.in_flight = 0  # chat requests being answered now
         self.max_in_flight = 0  # the most ever answered at once
         self._faults: deque[LLMFault | None] = deque()
-        self._port = port
-        self._runner: web.AppRunner | None = None
         self._changed = asyncio.Condition()
 
     @property
     def model(self) -> str:
         return self.models[0]
-
-    @property
-    def port(self) -> int:
-        return self._port
 
     @property
     def url(self) -> str:
@@ -180,38 +175,12 @@ class LLMEmulator:
 
     # lifecycle ------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    def make_app(self) -> web.Application:
         app = web.Application(client_max_size=32 * 1024 * 1024)
         app.router.add_post(CHAT_PATH, self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port, reuse_address=True)
-        await site.start()
-        server = site._server
-        if self._port == 0 and server is not None:
-            sockets = getattr(server, "sockets", None) or []
-            self._port = sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> LLMEmulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        return app
 
     # serving --------------------------------------------------------------------------------
 

@@ -21,12 +21,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
 from callbridge.config import decode_webhook_secret
+from callbridge.testing.local_server import LocalHttpServer
 from callbridge.webhooks.signing import verify
 
 
@@ -78,7 +78,7 @@ class ReceivedRequest:
 Responder = Callable[[ReceivedRequest], Reply | Awaitable[Reply]]
 
 
-class WebhookReceiver:
+class WebhookReceiver(LocalHttpServer):
     """A local HTTP server that records webhook requests. ``port=0`` picks a free port;
     ``host`` is the address it listens on (and puts in :attr:`url`)."""
 
@@ -91,9 +91,8 @@ class WebhookReceiver:
         path: str = "/hooks",
         default: Reply | None = None,
     ) -> None:
+        super().__init__(port, host)
         self._key = decode_webhook_secret(secret) if secret else None
-        self._host = host
-        self._port = port
         self._path = path
         self._default = default or Reply()
         self._script: deque[Reply] = deque()
@@ -102,7 +101,6 @@ class WebhookReceiver:
         self.in_progress = 0  # requests being answered right now
         self.max_concurrent = 0  # the most ever answered at once
         self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
 
     # scripting ------------------------------------------------------------------------------
 
@@ -121,43 +119,13 @@ class WebhookReceiver:
     # lifecycle ------------------------------------------------------------------------------
 
     @property
-    def port(self) -> int:
-        return self._port
-
-    @property
     def url(self) -> str:
         return f"http://{self._host}:{self._port}{self._path}"
 
-    async def start(self) -> None:
+    def make_app(self) -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
-        await site.start()
-        server = site._server
-        if self._port == 0 and server is not None:
-            sockets = getattr(server, "sockets", None) or []
-            self._port = sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> WebhookReceiver:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        return app
 
     # recording ------------------------------------------------------------------------------
 
