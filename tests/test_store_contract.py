@@ -235,8 +235,13 @@ async def test_the_ai_summary_is_stored_with_the_call_and_its_event(
 ) -> None:
     await run_call(store, "CA1")
     assert (await store.get_call("CA1")).ai_summary is None  # type: ignore[union-attr]
+    pending = {"status": "pending", "created_at": "2025-01-02T03:04:05.123Z"}
     end = ended("CA2", 0)
-    await store.call_ended(end, {"talk_ratio": 0}, [call_ended_event(end, {})])
+    summary = {"talk_ratio": 0, "ai": pending}
+    await store.call_ended(end, summary, [call_ended_event(end, summary)])
+    record = await store.get_call("CA2")
+    assert record is not None and record.ai_summary == pending  # its own column
+    assert record.summary == {"talk_ratio": 0}
     events_before = await backend.raw_count("events", "CA2")
     ready = {"status": "ready", "created_at": "2025-01-02T03:05:00.000Z", "gist": "Ünïcode ✓"}
     event = call_summarized_event("CA2", ready)

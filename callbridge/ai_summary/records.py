@@ -57,7 +57,5 @@ def failed_record(
 
 
 def ai_summary_pending(call: CallRecord) -> bool:
-    """Whether the call's AI summary is still to come: its end said ``ai: pending`` and no
-    final state (ready or failed) is stored yet."""
-    announced = (call.summary or {}).get("ai") or {}
-    return announced.get("status") == AIStatus.PENDING and call.ai_summary is None
+    """Whether the call's AI summary is still to come (``call.summarized`` will follow)."""
+    return (call.ai_summary or {}).get("status") == AIStatus.PENDING

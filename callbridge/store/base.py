@@ -113,7 +113,8 @@ class Store(Protocol):
         jobs: Sequence[NewJob] = (),
     ) -> None:
         """Store the end, the summary and the ``call.ended`` event, and enqueue the call's
-        post-call ``jobs`` (see :mod:`callbridge.jobs`), in one transaction."""
+        post-call ``jobs`` (see :mod:`callbridge.jobs`), in one transaction. The summary's
+        ``ai``, if any, is stored as the call's ``ai_summary`` (:func:`split_ai_summary`)."""
 
     async def set_ai_summary(
         self, call_sid: str, ai_summary: Mapping[str, Any], events: Sequence[OutboxEvent]
@@ -298,6 +299,17 @@ class DurableStore(Store, OutboxStore, Protocol):
 
 
 # --- helpers shared by the SQL backends -----------------------------------------------------
+
+
+def split_ai_summary(
+    summary: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A call-end summary as stored: the analytics summary without ``ai``, and ``ai`` (the
+    AI summary's first state), which has a column of its own so that its later states
+    replace it without ever rewriting the analytics summary."""
+    analytics = {key: value for key, value in summary.items() if key != "ai"}
+    ai = summary.get("ai")
+    return analytics, (dict(ai) if isinstance(ai, Mapping) else None)
 
 
 def encode_cursor(created_at_us: int, call_sid: str) -> str:

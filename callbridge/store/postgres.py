@@ -37,6 +37,7 @@ from callbridge.store.base import (
     decode_cursor,
     encode_cursor,
     from_micros,
+    split_ai_summary,
     to_micros,
 )
 from callbridge.store.jobs_postgres import PostgresJobQueue, insert_jobs
@@ -403,6 +404,7 @@ class PostgresStore:
         jobs: Sequence[NewJob] = (),
     ) -> None:
         now = self._clock()
+        analytics, ai_summary = split_ai_summary(summary)
         async with self._write() as (conn, claims):
             status = await conn.fetchval(
                 "SELECT status FROM calls WHERE call_sid = $1 FOR UPDATE", ended.call_sid
@@ -411,14 +413,15 @@ class PostgresStore:
                 return  # a repeated call_ended: already stored and enqueued
             await conn.execute(
                 "INSERT INTO calls (call_sid, status, stream_sid, created_at, ended_at, "
-                "duration_ms, end_reason, segments, language_code, degraded, summary) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+                "duration_ms, end_reason, segments, language_code, degraded, summary, "
+                "ai_summary) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
                 "ON CONFLICT (call_sid) DO UPDATE SET "
                 "status = excluded.status, ended_at = excluded.ended_at, "
                 "duration_ms = excluded.duration_ms, end_reason = excluded.end_reason, "
                 "segments = greatest(calls.segments, excluded.segments), "
                 "language_code = coalesce(excluded.language_code, calls.language_code), "
-                "degraded = excluded.degraded, summary = excluded.summary",
+                "degraded = excluded.degraded, summary = excluded.summary, "
+                "ai_summary = excluded.ai_summary",
                 ended.call_sid,
                 CallStatus.ENDED.value,
                 ended.stream_sid,
@@ -429,7 +432,8 @@ class PostgresStore:
                 ended.segments,
                 ended.language_code,
                 ended.degraded,
-                dict(summary),
+                analytics,
+                ai_summary,
             )
             await self._enqueue(conn, events, now, claims)
             await insert_jobs(conn, jobs, now)

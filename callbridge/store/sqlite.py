@@ -38,6 +38,7 @@ from callbridge.store.base import (
     decode_cursor,
     encode_cursor,
     from_micros,
+    split_ai_summary,
     to_micros,
 )
 from callbridge.store.jobs_sqlite import SqliteJobQueue, insert_jobs
@@ -408,6 +409,7 @@ class SqliteStore:
         jobs: Sequence[NewJob] = (),
     ) -> None:
         now = self._now_us()
+        analytics, ai_summary = split_ai_summary(summary)
 
         def work(conn: sqlite3.Connection) -> None:
             row = conn.execute(
@@ -417,13 +419,15 @@ class SqliteStore:
                 return  # a repeated call_ended: already stored and enqueued
             conn.execute(
                 "INSERT INTO calls (call_sid, status, stream_sid, created_at, ended_at, "
-                "duration_ms, end_reason, segments, language_code, degraded, summary) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_sid) DO UPDATE SET "
+                "duration_ms, end_reason, segments, language_code, degraded, summary, "
+                "ai_summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (call_sid) DO UPDATE SET "
                 "status = excluded.status, ended_at = excluded.ended_at, "
                 "duration_ms = excluded.duration_ms, end_reason = excluded.end_reason, "
                 "segments = max(calls.segments, excluded.segments), "
                 "language_code = coalesce(excluded.language_code, calls.language_code), "
-                "degraded = excluded.degraded, summary = excluded.summary",
+                "degraded = excluded.degraded, summary = excluded.summary, "
+                "ai_summary = excluded.ai_summary",
                 (
                     ended.call_sid,
                     CallStatus.ENDED,
@@ -435,7 +439,8 @@ class SqliteStore:
                     ended.segments,
                     ended.language_code,
                     ended.degraded,
-                    json.dumps(dict(summary)),
+                    json.dumps(analytics),
+                    None if ai_summary is None else json.dumps(ai_summary),
                 ),
             )
             self._enqueue(conn, events, now)
