@@ -250,6 +250,11 @@ async def test_the_ai_summary_is_stored_with_the_call_and_its_event(
     assert record is not None and record.ai_summary == ready
     assert record.summary == {"talk_ratio": 0}  # the analytics summary is untouched
     assert await backend.raw_count("events", "CA2") == events_before + 1
+    # a final state is written once: a second writer stores and sends nothing
+    failed = {"status": "failed", "created_at": "2025-01-02T03:06:00.000Z"}
+    assert not await store.set_ai_summary("CA2", failed, [call_summarized_event("CA2", failed)])
+    assert (await store.get_call("CA2")).ai_summary == ready  # type: ignore[union-attr]
+    assert await backend.raw_count("events", "CA2") == events_before + 1
     # an erased (or unknown) call stores nothing, and sends nothing
     assert await store.delete_call("CA2")
     assert not await store.set_ai_summary("CA2", ready, [call_summarized_event("CA2", ready)])

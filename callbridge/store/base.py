@@ -119,8 +119,11 @@ class Store(Protocol):
     async def set_ai_summary(
         self, call_sid: str, ai_summary: Mapping[str, Any], events: Sequence[OutboxEvent]
     ) -> bool:
-        """Store the call's AI summary state and enqueue its event, in one transaction;
-        False (and nothing stored) when the call is unknown, e.g. erased meanwhile."""
+        """Store the call's AI summary state and enqueue its event, in one transaction.
+
+        A final state (ready, failed) is written once: False, and nothing stored or sent,
+        when the call is unknown (e.g. erased meanwhile) or its AI summary is final already
+        (e.g. written by a runner that lost its lease)."""
 
     async def twilio_status(self, call_sid: str, status: str, duration_s: int | None) -> None:
         """Record a Twilio call status callback."""

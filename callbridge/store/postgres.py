@@ -444,7 +444,8 @@ class PostgresStore:
         now = self._clock()
         async with self._write() as (conn, claims):
             updated = await conn.fetchval(
-                "UPDATE calls SET ai_summary = $1 WHERE call_sid = $2 RETURNING true",
+                "UPDATE calls SET ai_summary = $1 WHERE call_sid = $2 AND (ai_summary IS NULL "
+                "OR ai_summary->>'status' = 'pending') RETURNING true",
                 dict(ai_summary),
                 call_sid,
             )

@@ -455,7 +455,8 @@ class SqliteStore:
 
         def work(conn: sqlite3.Connection) -> bool:
             updated = conn.execute(
-                "UPDATE calls SET ai_summary = ? WHERE call_sid = ?",
+                "UPDATE calls SET ai_summary = ? WHERE call_sid = ? AND (ai_summary IS NULL "
+                "OR json_extract(ai_summary, '$.status') = 'pending')",
                 (json.dumps(dict(ai_summary)), call_sid),
             ).rowcount
             if updated:
