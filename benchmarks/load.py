@@ -108,6 +108,7 @@ METHOD = (__doc__ or "").split("(also printed with the results):")[-1].split("Th
 METHOD = METHOD.strip()
 API_KEY = "bench-key"
 AUTH_TOKEN = "bench-auth-token"
+STREAM_SECRET = "bench-stream-secret-0123456789"
 WEBHOOK_SECRET = "whsec_YmVuY2htYXJrLXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVm"
 FRAME_MS = 20
 FRAME_BYTES = 160
@@ -731,6 +732,7 @@ async def _run_phase(
                 ELEVENLABS_API_KEY=API_KEY,
                 CALLBRIDGE_SCRIBE_URL=endpoints["scribe_url"],
                 TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+                CALLBRIDGE_STREAM_SECRET=STREAM_SECRET,
                 CALLBRIDGE_PUBLIC_URL=bases[index],
                 CALLBRIDGE_API_TOKENS="bench-api-token",
                 PORT=str(port),
@@ -915,6 +917,7 @@ async def _generate(
             public_url=bases[server],
             session=http,
             record_audio=False,
+            stream_secret=STREAM_SECRET,
         )
         phase.call_sids[i] = sim.call_sid
         try:

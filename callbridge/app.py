@@ -24,8 +24,8 @@ from aiohttp import web
 from callbridge.ai_summary.job import with_ai_pending
 from callbridge.ai_summary.setup import setup_ai_summary
 from callbridge.api.routes import setup_api
-from callbridge.bridge import REGISTRY, setup_bridge_routes
-from callbridge.config import Settings, redacted
+from callbridge.bridge import REGISTRY, setup_bridge_routes, supervise_live_calls
+from callbridge.config import Settings, redacted, with_stream_secret
 from callbridge.context import AFTER_CALL, EVENT_WRITERS, JOBS, SETTINGS, SINK, STORE
 from callbridge.event_journal import replay_journals
 from callbridge.event_writer import EventWriters, WriterSettings
@@ -33,6 +33,7 @@ from callbridge.jobs.runner import JobRunner
 from callbridge.models import EndReason, utc_now
 from callbridge.sink import CallEventSink, FanOutSink, LoggingSink
 from callbridge.store.factory import open_store
+from callbridge.stream_claims import StreamClaims
 from callbridge.summary import summarize
 from callbridge.twilio.routes import setup_twilio_routes
 from callbridge.webhooks.dispatcher import WebhookDispatcher
@@ -43,7 +44,11 @@ DISPATCHER = web.AppKey("webhook_dispatcher", WebhookDispatcher)
 
 
 def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -> web.Application:
-    """The bridge as an aiohttp application (store opened and dispatcher started on startup)."""
+    """The bridge as an aiohttp application (store opened and dispatcher started on startup).
+
+    Without ``CALLBRIDGE_STREAM_SECRET`` the stream tokens use a random secret of this app's
+    own (``serve`` picks one before it starts workers, so that they share it)."""
+    settings, _ = with_stream_secret(settings)
     app = web.Application(client_max_size=256 * 1024)
     app[SETTINGS] = settings
     store = open_store(
@@ -85,9 +90,10 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
     if settings.summary.enabled:
         setup_ai_summary(app, notify=dispatcher.notify)
     app.cleanup_ctx.append(_store_and_dispatcher)
+    app.cleanup_ctx.append(supervise_live_calls)  # needs the store open; stops before it closes
     app.on_shutdown.append(_end_live_calls)  # first: event streams see the calls end
     setup_twilio_routes(app)
-    setup_bridge_routes(app)
+    setup_bridge_routes(app, StreamClaims(store, settings.server.stream_lease_s))
     setup_api(app)
     return app
 

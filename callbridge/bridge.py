@@ -6,14 +6,22 @@ that socket alone, with a close code and a reason: malformed or binary messages,
 before ``start``, a media format other than 8 kHz μ-law, an oversized message. The call's
 session is then finished as for a hang-up, so no speech that already arrived is lost.
 
+A ``start`` is accepted only when its ``cb_token`` is the call's stream token
+(:mod:`callbridge.twilio.stream_auth`) and the call's live-call claim could be taken in the
+store (:mod:`callbridge.stream_claims`): a call that has ended, or whose stream is live in
+any process sharing the store, is refused with ``1008`` and a reason.
+
 :class:`LiveCallRegistry` knows the calls open in this process, for the status callback
-(``completed`` ends a call whose socket never closed) and for graceful shutdown.
+(``completed`` ends a call whose socket never closed), the claims' heartbeat and graceful
+shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
+from collections.abc import AsyncIterator, KeysView
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -21,7 +29,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from callbridge.context import EVENT_WRITERS, LIVE_CALLS, SETTINGS, SINK
 from callbridge.http_errors import json_error
 from callbridge.models import EndReason
-from callbridge.session import INTERNAL_PARAMETER_PREFIX, CallSession, StreamDescription
+from callbridge.session import CallSession, StreamDescription
+from callbridge.store.base import StoreError, StreamClaim
+from callbridge.stream_claims import StreamClaims
 from callbridge.twilio.protocol import (
     MediaFrame,
     ProtocolError,
@@ -31,24 +41,36 @@ from callbridge.twilio.protocol import (
     parse_message,
 )
 from callbridge.twilio.routes import SIGNATURE_CHECKER
+from callbridge.twilio.stream_auth import split_parameters, token_matches
 
 MEDIA_PATH = "/twilio/media"
 log = structlog.get_logger("callbridge.bridge")
 
 
 class LiveCallRegistry:
-    """The calls whose media stream is open in this process."""
+    """The calls whose media stream is open in this process, and the refusals counted."""
 
     def __init__(self) -> None:
         self._calls: dict[str, tuple[CallSession, web.WebSocketResponse]] = {}
+        self._starting: set[str] = set()  # claimed or being claimed, no session yet
+        self._background: set[asyncio.Task[bool]] = set()
         self.draining = False
+        self.refused: Counter[str] = Counter()  # media sockets and starts refused, by reason
 
-    def add(self, session: CallSession, ws: web.WebSocketResponse) -> bool:
-        sid = session.stream.call_sid
-        if sid in self._calls:
+    def reserve(self, call_sid: str) -> bool:
+        """Hold ``call_sid`` while its start is checked; False if it is live or starting."""
+        if call_sid in self._calls or call_sid in self._starting:
             return False
-        self._calls[sid] = (session, ws)
+        self._starting.add(call_sid)
         return True
+
+    def unreserve(self, call_sid: str) -> None:
+        self._starting.discard(call_sid)
+
+    def add(self, session: CallSession, ws: web.WebSocketResponse) -> None:
+        sid = session.stream.call_sid
+        self._starting.discard(sid)
+        self._calls[sid] = (session, ws)
 
     def remove(self, session: CallSession) -> None:
         sid = session.stream.call_sid
@@ -58,8 +80,16 @@ class LiveCallRegistry:
     def is_live(self, call_sid: str) -> bool:
         return call_sid in self._calls
 
+    def call_sids(self) -> KeysView[str]:
+        return self._calls.keys()
+
     def __len__(self) -> int:
         return len(self._calls)
+
+    def end_in_background(self, call_sid: str, reason: EndReason) -> None:
+        task = asyncio.get_running_loop().create_task(self.end_call(call_sid, reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def end_call(self, call_sid: str, reason: EndReason) -> bool:
         entry = self._calls.get(call_sid)
@@ -86,6 +116,7 @@ class LiveCallRegistry:
 
 
 REGISTRY = web.AppKey("live_call_registry", LiveCallRegistry)
+CLAIMS = web.AppKey("stream_claims", StreamClaims)
 
 
 def _close_reason(text: str) -> bytes:
@@ -96,8 +127,10 @@ async def media_websocket(request: web.Request) -> web.StreamResponse:
     app = request.app
     registry = app[REGISTRY]
     if registry.draining:
+        registry.refused["draining"] += 1
         return json_error(503, "draining", "the bridge is shutting down; no new streams")
     if not app[SIGNATURE_CHECKER].check_websocket(request):
+        registry.refused["signature"] += 1
         log.warning("media.signature_rejected", peer=request.remote)
         return json_error(403, "invalid_signature", "missing or wrong X-Twilio-Signature")
 
@@ -119,7 +152,7 @@ async def media_websocket(request: web.Request) -> web.StreamResponse:
                     elif isinstance(event, StreamStart):
                         if session is not None:
                             raise ProtocolError("a second start on one stream")
-                        session = _start_session(app, event, ws)
+                        session = await _start_session(app, event, ws)
                         bound = session.log
                     elif isinstance(event, Stop):
                         reason = EndReason.STOP
@@ -136,10 +169,11 @@ async def media_websocket(request: web.Request) -> web.StreamResponse:
                     await ws.close(code=code, message=_close_reason(exc.reason))
                     break
                 except _StreamRefused as exc:
-                    bound.warning("media.stream_refused", reason=str(exc))
-                    await ws.close(
-                        code=WSCloseCode.POLICY_VIOLATION, message=_close_reason(str(exc))
+                    registry.refused[exc.kind] += 1
+                    bound.warning(
+                        "media.stream_refused", reason=exc.kind, detail=exc.message, **exc.call
                     )
+                    await ws.close(code=exc.code, message=_close_reason(exc.message))
                     break
             elif message.type is WSMsgType.BINARY:
                 bound.warning("media.binary_frame")
@@ -155,44 +189,94 @@ async def media_websocket(request: web.Request) -> web.StreamResponse:
                 break
     finally:
         if session is not None:
-            try:
-                await asyncio.shield(session.finish(reason))
-            finally:
-                registry.remove(session)
+            await asyncio.shield(_end_session(app, session, reason))
     if not ws.closed:
         await ws.close(code=WSCloseCode.OK, message=b"stream ended")
     return ws
 
 
+async def _end_session(app: web.Application, session: CallSession, reason: EndReason) -> None:
+    """Finish the call, take it off the registry, then give its claim up."""
+    try:
+        await session.finish(reason)
+    finally:
+        app[REGISTRY].remove(session)
+        await app[CLAIMS].release(session.stream.call_sid)
+
+
 class _StreamRefused(Exception):
-    pass
+    """A ``start`` that may not go ahead: closes the socket with ``code`` and ``message``."""
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        start: StreamStart,
+        code: int = WSCloseCode.POLICY_VIOLATION,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.code = code
+        self.call = {"call_sid": start.call_sid, "stream_sid": start.stream_sid}
 
 
-def _start_session(
+async def _start_session(
     app: web.Application, start: StreamStart, ws: web.WebSocketResponse
 ) -> CallSession:
     check_media_format(start)
-    registry = app[REGISTRY]
     if not start.tracks:
         raise ProtocolError("start.tracks is empty")
-    params = start.custom_parameters
-    session = CallSession(
-        app[SETTINGS],
-        StreamDescription(
-            call_sid=start.call_sid,
-            stream_sid=start.stream_sid,
-            account_sid=start.account_sid,
-            tracks=start.tracks,
-            custom_parameters=params,
-        ),
-        app[SINK],
-        writers=app[EVENT_WRITERS],
-    )
-    if not registry.add(session, ws):
-        raise _StreamRefused("this call already has a media stream open")
-    session.start(
-        params.get(f"{INTERNAL_PARAMETER_PREFIX}from"), params.get(f"{INTERNAL_PARAMETER_PREFIX}to")
-    )
+    settings = app[SETTINGS]
+    params = split_parameters(start.custom_parameters)
+    if not token_matches(
+        settings.twilio.stream_secret, start.account_sid, start.call_sid, params.token
+    ):
+        raise _StreamRefused(
+            "stream_token", "missing or wrong stream token (cb_token) for this call", start
+        )
+    registry = app[REGISTRY]
+    call_sid = start.call_sid
+    if not registry.reserve(call_sid):
+        raise _StreamRefused("duplicate", "this call already has a media stream open", start)
+    claims = app[CLAIMS]
+    claim: StreamClaim | None = None
+    try:
+        try:
+            claim = await claims.claim(call_sid)
+        except StoreError as exc:
+            log.error("media.claim_failed", call_sid=call_sid, error=str(exc))
+            raise _StreamRefused(
+                "store_unavailable",
+                "the call store is unavailable",
+                start,
+                WSCloseCode.INTERNAL_ERROR,
+            ) from None
+        if claim is StreamClaim.ENDED:
+            raise _StreamRefused("call_ended", "this call has ended", start)
+        if claim is StreamClaim.LIVE_ELSEWHERE:
+            raise _StreamRefused(
+                "live_elsewhere", "this call has a live media stream in another process", start
+            )
+        session = CallSession(
+            settings,
+            StreamDescription(
+                call_sid=call_sid,
+                stream_sid=start.stream_sid,
+                account_sid=start.account_sid,
+                tracks=start.tracks,
+                custom_parameters=params.custom,
+            ),
+            app[SINK],
+            writers=app[EVENT_WRITERS],
+        )
+        registry.add(session, ws)
+    except BaseException:
+        registry.unreserve(call_sid)
+        if claim is StreamClaim.CLAIMED:
+            await claims.release(call_sid)
+        raise
+    session.start(params.from_number, params.to_number)
     return session
 
 
@@ -203,11 +287,32 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "live_calls": len(registry), "pid": os.getpid()})
 
 
-def setup_bridge_routes(app: web.Application) -> LiveCallRegistry:
-    """Add the media websocket and ``/healthz``; the registry also serves as ``LIVE_CALLS``."""
+def setup_bridge_routes(app: web.Application, claims: StreamClaims) -> LiveCallRegistry:
+    """Add the media websocket and ``/healthz``; the registry also serves as ``LIVE_CALLS``.
+
+    The claims' heartbeat runs from :func:`supervise_live_calls` (a cleanup context the app
+    adds once its store is open)."""
     registry = LiveCallRegistry()
     app[REGISTRY] = registry
     app[LIVE_CALLS] = registry
+    app[CLAIMS] = claims
     app.router.add_get(MEDIA_PATH, media_websocket)
     app.router.add_get("/healthz", healthz)
     return registry
+
+
+async def supervise_live_calls(app: web.Application) -> AsyncIterator[None]:
+    """One task per process: the heartbeat of every live call's claim."""
+    registry = app[REGISTRY]
+
+    def lost(call_sid: str) -> None:
+        registry.end_in_background(call_sid, EndReason.ERROR)
+
+    heartbeat = asyncio.create_task(
+        app[CLAIMS].run_heartbeat(registry.call_sids, lost), name="stream-claims-heartbeat"
+    )
+    try:
+        yield
+    finally:
+        heartbeat.cancel()
+        await asyncio.gather(heartbeat, return_exceptions=True)

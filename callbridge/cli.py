@@ -13,11 +13,20 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
+
 from callbridge import __version__, event_loop
 from callbridge.cli_calls import add_calls_commands
-from callbridge.config import ConfigError, Settings, check_serve, load_settings
+from callbridge.config import (
+    ConfigError,
+    Settings,
+    check_serve,
+    load_settings,
+    with_stream_secret,
+)
 from callbridge.logs import configure_logging
 from callbridge.store.base import StoreError
+from callbridge.twilio.stream_auth import stream_token
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -39,11 +48,32 @@ def run_serve(args: argparse.Namespace) -> int:
         settings = settings.replace(server=dataclasses.replace(settings.server, **overrides))
     check_serve(settings)
     configure_logging(settings.logging.format, settings.logging.level)
+    settings, random_secret = with_stream_secret(settings)
+    if random_secret:
+        structlog.get_logger("callbridge.cli").warning(
+            "stream.secret_random",
+            setting="CALLBRIDGE_STREAM_SECRET",
+            detail="stream tokens use a random secret made at start-up and shared by this "
+            "server's workers: right for one machine, wrong for several instances (they must "
+            "share one secret), and TwiML made elsewhere cannot compute the tokens",
+        )
     if settings.server.workers > 1:
         from callbridge.workers import serve_workers
 
         return serve_workers(settings)
     event_loop.run(serve(settings), settings.server.event_loop)
+    return 0
+
+
+def run_stream_token(args: argparse.Namespace) -> int:
+    """Print the ``cb_token`` of one call, for TwiML made outside the bridge."""
+    secret = _load(args).twilio.stream_secret
+    if not secret:
+        raise ConfigError(
+            "CALLBRIDGE_STREAM_SECRET",
+            "is not set; a token can only be computed with the secret the bridge uses",
+        )
+    print(stream_token(secret, args.account_sid, args.call_sid))
     return 0
 
 
@@ -90,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="processes sharing the port (SO_REUSEPORT)"
     )
     serve.set_defaults(handler=run_serve)
+
+    token = commands.add_parser(
+        "stream-token",
+        help='print a call\'s stream token (<Parameter name="cb_token">) for TwiML made '
+        "elsewhere (needs CALLBRIDGE_STREAM_SECRET)",
+    )
+    token.add_argument("--account-sid", required=True, help="the call's AccountSid (AC…)")
+    token.add_argument("--call-sid", required=True, help="the call's CallSid (CA…)")
+    token.set_defaults(handler=run_stream_token)
 
     emulator = commands.add_parser(
         "emulate-scribe", help="run the bundled Scribe realtime emulator (for local testing)"

@@ -13,6 +13,7 @@ import base64
 import binascii
 import dataclasses
 import os
+import secrets
 import tomllib
 import types
 import typing
@@ -26,6 +27,7 @@ from callbridge.event_loop import CHOICES as EVENT_LOOPS
 from callbridge.event_loop import uvloop_available
 
 DEFAULT_CONFIG_PATH = Path("config/callbridge.toml")
+MIN_STREAM_SECRET_CHARS = 16
 
 
 class ConfigError(Exception):
@@ -46,6 +48,7 @@ class ServerSettings:
     event_loop: str = "auto"  # "auto" (uvloop when installed) | "uvloop" | "asyncio"
     shutdown_timeout_s: float = 10.0
     max_message_bytes: int = 64 * 1024
+    stream_lease_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class TwilioSettings:
     shared_keys: tuple[
         str, ...
     ] = ()  # "KEY_ID:SECRET" pairs for Twilio SharedKey (HMAC-SHA256) signing
+    stream_secret: str = ""  # key of the per-call stream token; random at start-up when unset
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +189,7 @@ class Settings:
 ENV_ALIASES: Mapping[str, tuple[str, str]] = {
     "ELEVENLABS_API_KEY": ("scribe", "api_key"),
     "TWILIO_AUTH_TOKEN": ("twilio", "auth_token"),
+    "CALLBRIDGE_STREAM_SECRET": ("twilio", "stream_secret"),
     "CALLBRIDGE_PUBLIC_URL": ("server", "public_url"),
     "DATABASE_URL": ("database", "url"),
     "CALLBRIDGE_LANGUAGE": ("scribe", "language"),
@@ -199,6 +204,7 @@ SECRET_KEYS = frozenset(
         ("scribe", "api_key"),
         ("twilio", "auth_token"),
         ("twilio", "shared_keys"),
+        ("twilio", "stream_secret"),
         ("webhook", "secret"),
         ("api", "tokens"),
         ("summary", "llm_key"),
@@ -352,6 +358,13 @@ def check_values(settings: Settings) -> None:
             )
         if parts.query or parts.fragment:
             raise ConfigError("CALLBRIDGE_PUBLIC_URL", "must not carry a query or fragment")
+    if s.server.stream_lease_s <= 0:
+        raise ConfigError("CALLBRIDGE_SERVER_STREAM_LEASE_S", "must be more than 0")
+    if s.twilio.stream_secret and len(s.twilio.stream_secret) < MIN_STREAM_SECRET_CHARS:
+        raise ConfigError(
+            "CALLBRIDGE_STREAM_SECRET",
+            f"must be at least {MIN_STREAM_SECRET_CHARS} characters (e.g. openssl rand -hex 32)",
+        )
     if s.scribe.audio_format not in {"ulaw_8000", "pcm_8000"}:
         raise ConfigError(
             "CALLBRIDGE_SCRIBE_AUDIO_FORMAT",
@@ -463,6 +476,17 @@ def check_serve(settings: Settings) -> None:
             "is not set; it validates X-Twilio-Signature "
             "(CALLBRIDGE_TWILIO_VALIDATE=false turns the checks off)",
         )
+
+
+def with_stream_secret(settings: Settings) -> tuple[Settings, bool]:
+    """The settings with a stream secret: the configured one, else a random one (True).
+
+    A random secret is right for one machine (``serve --workers`` passes it to every worker)
+    but not for several instances, which must share ``CALLBRIDGE_STREAM_SECRET``."""
+    if settings.twilio.stream_secret:
+        return settings, False
+    twilio = dataclasses.replace(settings.twilio, stream_secret=secrets.token_hex(32))
+    return settings.replace(twilio=twilio), True
 
 
 def redacted(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -41,8 +41,6 @@ from callbridge.sink import CallEventSink
 from callbridge.transcriber import Connect, SegmentTranscriber, TranscriberSettings
 from callbridge.turns import PlannedSegment, TurnSegmenter
 
-INTERNAL_PARAMETER_PREFIX = "cb_"
-
 
 @dataclass(frozen=True, slots=True)
 class StreamDescription:
@@ -52,7 +50,7 @@ class StreamDescription:
     stream_sid: str
     account_sid: str
     tracks: tuple[Track, ...]
-    custom_parameters: Mapping[str, str]
+    custom_parameters: Mapping[str, str]  # the caller's own; the bridge's (cb_*) taken out
 
 
 class TrackClock:
@@ -140,7 +138,6 @@ class CallSession:
 
     # ------------------------------------------------------------- lifecycle
     def start(self, from_number: str | None, to_number: str | None) -> None:
-        params = self.stream.custom_parameters
         info = CallInfo(
             call_sid=self.stream.call_sid,
             stream_sid=self.stream.stream_sid,
@@ -148,9 +145,7 @@ class CallSession:
             from_number=from_number,
             to_number=to_number,
             tracks=tuple(str(t) for t in self.stream.tracks),
-            custom_parameters={
-                k: v for k, v in params.items() if not k.startswith(INTERNAL_PARAMETER_PREFIX)
-            },
+            custom_parameters=self.stream.custom_parameters,
             started_at=self._started_at,
         )
         self._events = self._writers.open(self._sink, self.stream.call_sid, self.log)

@@ -33,6 +33,7 @@ from callbridge.testing.twilio_simulator import (
     FRAME_BYTES,
     SimulatorHandshakeError,
     TwilioCallSimulator,
+    new_account_sid,
     new_call_sid,
     post_status,
     post_voice,
@@ -303,7 +304,10 @@ async def play_call(
     """One whole call as Twilio would make it: voice webhook, media stream, status callback.
 
     ``on_progress(sent_s, total_s)`` is called about five times a second while streaming.
+    The stream carries the TwiML's ``<Parameter>``s, the stream token among them, so the
+    voice webhook and the stream name the same account.
     """
+    account_sid = new_account_sid()
     try:
         twiml = await post_voice(
             session,
@@ -313,6 +317,7 @@ async def play_call(
             call_sid,
             from_number,
             to_number,
+            account_sid=account_sid,
         )
     except aiohttp.ClientResponseError as exc:
         if exc.status == 403:
@@ -329,6 +334,7 @@ async def play_call(
         auth_token=bridge.auth_token,
         public_url=bridge.public_url,
         call_sid=call_sid,
+        account_sid=account_sid,
         custom_parameters=stream_parameters(twiml),
         session=session,
     )

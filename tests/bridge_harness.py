@@ -24,12 +24,13 @@ from callbridge.config import (
     TwilioSettings,
     WebhookSettings,
 )
-from callbridge.context import STORE
+from callbridge.context import SETTINGS, STORE
 from callbridge.store.base import Store
 from callbridge.testing.twilio_simulator import TwilioCallSimulator
 
 AUTH_TOKEN = "test-auth-token"
 API_TOKEN = "test-api-token"
+STREAM_SECRET = "test-stream-secret-0123456789"
 
 
 def free_port() -> int:
@@ -56,7 +57,7 @@ def bridge_settings(
     )
     return Settings(
         server=ServerSettings(host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}"),
-        twilio=TwilioSettings(auth_token=AUTH_TOKEN),
+        twilio=TwilioSettings(auth_token=AUTH_TOKEN, stream_secret=STREAM_SECRET),
         scribe=dataclasses.replace(
             ScribeSettings(api_key="test-key", url=scribe_url), **(scribe or {})
         ),
@@ -94,6 +95,9 @@ class RunningBridge:
         return len(self.app[REGISTRY])
 
     def simulator(self, **kwargs: Any) -> TwilioCallSimulator:
+        """A simulated stream for this bridge, with the call's stream token (pass
+        ``stream_secret=None`` and your own ``custom_parameters`` to send another)."""
+        kwargs.setdefault("stream_secret", self.app[SETTINGS].twilio.stream_secret)
         return TwilioCallSimulator(
             self.ws_url,
             auth_token=AUTH_TOKEN,

@@ -13,6 +13,7 @@ from callbridge.config import (
     check_serve,
     load_settings,
     redacted,
+    with_stream_secret,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +46,7 @@ def test_fixed_environment_names_override_the_file(tmp_path: Path) -> None:
         "PORT": "9000",
         "CALLBRIDGE_TWILIO_VALIDATE": "false",
         "CALLBRIDGE_TURNS_TURN_END_MS": "700",
+        "CALLBRIDGE_STREAM_SECRET": "0123456789abcdef0123",
     }
     s = load_settings(environ=env)
     assert s.scribe.api_key == "k" and s.scribe.url == "ws://127.0.0.1:9/x"
@@ -54,6 +56,7 @@ def test_fixed_environment_names_override_the_file(tmp_path: Path) -> None:
     assert (s.speakers.inbound_label, s.speakers.outbound_label) == ("customer", "rep")
     assert (s.server.host, s.server.port) == ("127.0.0.1", 9000)
     assert s.twilio.validate is False and s.turns.turn_end_ms == 700
+    assert s.twilio.stream_secret == "0123456789abcdef0123"
     check_serve(s)
 
 
@@ -69,6 +72,15 @@ def test_the_ai_summary_is_off_until_its_url_is_set() -> None:
     assert s.summary.enabled and s.summary.llm_url == LLM_URL
     assert (s.summary.llm_model, s.summary.llm_key) == ("llama3.1:8b", "sk-llm-secret")
     assert "sk-llm-secret" not in str(redacted(s))
+
+
+def test_an_unset_stream_secret_is_made_once_and_a_set_one_kept() -> None:
+    settings, made = with_stream_secret(Settings())
+    assert made and len(settings.twilio.stream_secret) == 64
+    again, made_again = with_stream_secret(settings)
+    assert again is settings and not made_again
+    other, _ = with_stream_secret(Settings())
+    assert other.twilio.stream_secret != settings.twilio.stream_secret
 
 
 @pytest.mark.parametrize(
@@ -98,6 +110,8 @@ def test_the_ai_summary_is_off_until_its_url_is_set() -> None:
         ({"CALLBRIDGE_API_EVENTS_POLL_S": "0"}, "CALLBRIDGE_API_EVENTS_POLL_S"),
         ({"CALLBRIDGE_API_EVENTS_BUFFER": "0"}, "CALLBRIDGE_API_EVENTS_BUFFER"),
         ({"CALLBRIDGE_DATABASE_POOL_SIZE": "0"}, "CALLBRIDGE_DATABASE_POOL_SIZE"),
+        ({"CALLBRIDGE_STREAM_SECRET": "short"}, "CALLBRIDGE_STREAM_SECRET"),
+        ({"CALLBRIDGE_SERVER_STREAM_LEASE_S": "0"}, "CALLBRIDGE_SERVER_STREAM_LEASE_S"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], setting: str) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.twilio_simulator import TwilioCallSimulator
-from tests.bridge_harness import API_TOKEN, AUTH_TOKEN, free_port
+from tests.bridge_harness import API_TOKEN, AUTH_TOKEN, STREAM_SECRET, free_port
 from tests.test_bridge_e2e import track
 
 pytestmark = pytest.mark.slow
@@ -37,6 +37,7 @@ def serve_env(scribe_url: str, port: int, db: Path, **extra: str) -> dict[str, s
         ELEVENLABS_API_KEY="test-key",
         CALLBRIDGE_SCRIBE_URL=scribe_url,
         TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        CALLBRIDGE_STREAM_SECRET=STREAM_SECRET,
         CALLBRIDGE_PUBLIC_URL=f"http://127.0.0.1:{port}",
         DATABASE_URL=f"sqlite:///{db}",
         PORT=str(port),
@@ -153,7 +154,10 @@ async def test_sigterm_during_live_calls_delivers_every_utterance_and_exits_0(
                 index,
             )
             sim = TwilioCallSimulator(
-                f"ws://127.0.0.1:{port}/twilio/media", auth_token=AUTH_TOKEN, public_url=public
+                f"ws://127.0.0.1:{port}/twilio/media",
+                auth_token=AUTH_TOKEN,
+                public_url=public,
+                stream_secret=STREAM_SECRET,
             )
             calls.append(
                 (sim, base, asyncio.create_task(sim.run(inbound=audio, speed=1.0, end="none")))
@@ -249,7 +253,10 @@ async def test_sigkill_with_events_pending_then_restart_delivers_every_event(
         for index in range(2):
             audio = track(5000, [(300, [500 + 100 * index, 550]), (2500, [700, 750, 800])], index)
             sim = TwilioCallSimulator(
-                f"ws://127.0.0.1:{port}/twilio/media", auth_token=AUTH_TOKEN, public_url=public
+                f"ws://127.0.0.1:{port}/twilio/media",
+                auth_token=AUTH_TOKEN,
+                public_url=public,
+                stream_secret=STREAM_SECRET,
             )
             await sim.run(inbound=audio, speed=0)
             sids.append(sim.call_sid)
@@ -342,7 +349,10 @@ async def test_two_workers_share_the_port_and_send_every_event_once(
                 base = 400 + 100 * index
                 audio = track(3000, [(300, [base, base + 50])], index)
                 sim = TwilioCallSimulator(
-                    f"ws://127.0.0.1:{port}/twilio/media", auth_token=AUTH_TOKEN, public_url=public
+                    f"ws://127.0.0.1:{port}/twilio/media",
+                    auth_token=AUTH_TOKEN,
+                    public_url=public,
+                    stream_secret=STREAM_SECRET,
                 )
                 sims.append((sim, base))
                 runs.append(sim.run(inbound=audio, speed=0))

@@ -20,9 +20,11 @@ from callbridge.store.base import (
     DurableStore,
     OutboxEvent,
     StoreError,
+    StreamClaim,
     WriteClaims,
     decode_cursor,
     encode_cursor,
+    from_micros,
 )
 from callbridge.store.factory import open_store, sqlite_path
 from callbridge.store.postgres import PostgresStore
@@ -262,6 +264,134 @@ async def test_the_ai_summary_is_stored_with_the_call_and_its_event(
     assert await backend.raw_count("events", "CA2") == 0
 
 
+async def test_an_ended_call_is_never_written_again(store: DurableStore) -> None:
+    """A replayed or forged stream for an ended call rewrites nothing and sends nothing."""
+    await store.call_requested("CA1", "AC1", "+15550001", "+15550002")
+    await run_call(store, "CA1", segments=2)
+    before = await store.get_call("CA1")
+    transcript = await store.get_segments("CA1")
+    deliveries = await store.delivery_counts()
+    assert before is not None and before.status == CallStatus.ENDED
+
+    forged = CallInfo(
+        call_sid="CA1",
+        stream_sid="MZforged",
+        account_sid="ACforged",
+        from_number="+19990000",
+        to_number="+19990001",
+        tracks=("inbound",),
+        custom_parameters={"campaign": "forged"},
+        started_at=T0 + timedelta(hours=1),
+    )
+    await store.call_requested("CA1", "ACforged", "+19990000", "+19990001")
+    await store.call_started(forged, [call_started_event(forged)])
+    for sequence in (1, 3, 4):
+        seg = segment("CA1", sequence, text="forged words")
+        await store.segment_committed(seg, [transcript_committed_event(seg)])
+    end = ended("CA1", 9)
+    await store.call_ended(end, {"forged": True}, [call_ended_event(end, {"forged": True})])
+
+    assert await store.get_call("CA1") == before
+    assert await store.get_segments("CA1") == transcript
+    assert await store.delivery_counts() == deliveries
+
+
+async def test_twilio_status_replays_change_nothing(store: DurableStore) -> None:
+    await store.call_requested("CA1", "AC1", None, None)
+    await store.twilio_status("CA1", "in-progress", None)
+    await store.twilio_status("CA1", "completed", 61)
+    after_completed = await store.get_call("CA1")
+    # Replays of the signed callbacks, in any order: nothing changes any more.
+    await store.twilio_status("CA1", "completed", 61)
+    await store.twilio_status("CA1", "in-progress", None)
+    await store.twilio_status("CA1", "ringing", None)
+    await store.twilio_status("CA1", "completed", None)
+    assert await store.get_call("CA1") == after_completed
+    assert after_completed is not None
+    assert (after_completed.twilio_status, after_completed.twilio_duration_s) == ("completed", 61)
+
+
+async def stream_lease(backend: Backend, call_sid: str) -> tuple[str | None, datetime | None]:
+    """(owner, lease expiry) of a call's stream claim, read from the database."""
+    if backend.kind == "sqlite":
+        with sqlite3.connect(backend.tmp_path / "callbridge.db") as conn:
+            row = conn.execute(
+                "SELECT stream_owner, stream_lease_expires_at FROM calls WHERE call_sid = ?",
+                (call_sid,),
+            ).fetchone()
+        expires = row[1]
+        return row[0], None if expires is None else from_micros(expires)
+    conn = await asyncpg.connect(backend.url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT stream_owner, stream_lease_expires_at FROM calls WHERE call_sid = $1",
+            call_sid,
+        )
+    finally:
+        await conn.close()
+    return row[0], row[1]
+
+
+async def test_stream_claim_is_one_owner_at_a_time_until_its_lease_expires(
+    store: DurableStore, backend: Backend
+) -> None:
+    clock = backend.clock
+    assert await store.claim_stream("CA1", "host:1:a", 30) == StreamClaim.CLAIMED
+    record = await store.get_call("CA1")  # a stream may come before any voice webhook
+    assert record is not None and record.status == CallStatus.RINGING
+    assert await stream_lease(backend, "CA1") == ("host:1:a", T0 + timedelta(seconds=30))
+    assert await store.claim_stream("CA1", "host:2:b", 30) == StreamClaim.LIVE_ELSEWHERE
+    assert await store.claim_stream("CA1", "host:1:a", 30) == StreamClaim.LIVE_ELSEWHERE
+
+    clock.advance(20)  # the owner's heartbeat: its own calls only
+    assert await store.renew_stream_claims("host:1:a", ["CA1", "CA-other"], 30) == {"CA1"}
+    assert await store.renew_stream_claims("host:2:b", ["CA1"], 30) == set()
+    assert await stream_lease(backend, "CA1") == ("host:1:a", T0 + timedelta(seconds=50))
+    clock.advance(29)
+    assert await store.claim_stream("CA1", "host:2:b", 30) == StreamClaim.LIVE_ELSEWHERE
+
+    clock.advance(2)  # the owner crashed: nobody renewed, the lease ran out
+    assert await store.claim_stream("CA1", "host:2:b", 30) == StreamClaim.CLAIMED
+    assert await store.renew_stream_claims("host:1:a", ["CA1"], 30) == set()  # lost
+    await store.release_stream("CA1", "host:1:a")  # not its lease any more: nothing happens
+    assert (await stream_lease(backend, "CA1"))[0] == "host:2:b"
+    await store.release_stream("CA1", "host:2:b")
+    assert await stream_lease(backend, "CA1") == (None, None)
+    assert await store.claim_stream("CA1", "host:3:c", 30) == StreamClaim.CLAIMED
+
+
+async def test_an_ended_call_cannot_be_claimed_and_its_end_releases_the_claim(
+    store: DurableStore, backend: Backend
+) -> None:
+    assert await store.claim_stream("CA1", "host:1:a", 30) == StreamClaim.CLAIMED
+    await run_call(store, "CA1", segments=1)
+    assert await stream_lease(backend, "CA1") == (None, None)
+    assert await store.claim_stream("CA1", "host:1:a", 30) == StreamClaim.ENDED
+    assert await store.claim_stream("CA1", "host:2:b", 30) == StreamClaim.ENDED
+    backend.clock.advance(3600)
+    assert await store.claim_stream("CA1", "host:2:b", 30) == StreamClaim.ENDED
+
+
+async def test_concurrent_claims_across_connections_give_one_owner(
+    store: DurableStore, backend: Backend
+) -> None:
+    second = backend.store()
+    await second.open()
+    try:
+        results = await asyncio.gather(
+            *(
+                (store if i % 2 else second).claim_stream(f"CA{i % 5}", f"host:{i}:x", 30)
+                for i in range(40)
+            )
+        )
+    finally:
+        await second.close()
+    claimed = [i for i, result in enumerate(results) if result == StreamClaim.CLAIMED]
+    assert sorted(i % 5 for i in claimed) == [0, 1, 2, 3, 4]  # exactly one owner per call
+    for i in claimed:
+        assert (await stream_lease(backend, f"CA{i % 5}"))[0] == f"host:{i}:x"
+
+
 async def test_every_event_gets_one_delivery_per_target(store: DurableStore) -> None:
     await run_call(store, "CA1", segments=3)
     counts = await store.delivery_counts()
@@ -438,10 +568,12 @@ async def test_events_stored_callback_runs_after_commits_that_stored_events(
     store.on_events_stored(told.append)
     await run_call(store, "CA1", segments=1)
     assert told == ["CA1"] * 3
-    await store.segment_committed(segment("CA1", 2, text=""), [])
-    broken = OutboxEvent("evt_broken", "CA1", "transcript.committed", None, T0)  # type: ignore[arg-type]
+    # (CA1 has ended, and an ended call takes no more segments: a live call's are written)
+    await store.call_started(call_info("CA3"), [])
+    await store.segment_committed(segment("CA3", 1, text=""), [])
+    broken = OutboxEvent("evt_broken", "CA3", "transcript.committed", None, T0)  # type: ignore[arg-type]
     with pytest.raises(StoreError):
-        await store.segment_committed(segment("CA1", 3), [broken])
+        await store.segment_committed(segment("CA3", 2), [broken])
     assert told == ["CA1"] * 3  # nothing stored: nobody told
     store.on_events_stored(None)
     await run_call(store, "CA2", segments=0)

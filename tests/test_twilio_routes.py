@@ -24,9 +24,11 @@ from callbridge.testing.twilio_simulator import (
 )
 from callbridge.twilio import routes
 from callbridge.twilio.routes import BACKGROUND_TASKS, SIGNATURE_CHECKER, setup_twilio_routes
+from callbridge.twilio.stream_auth import stream_token
 
 TOKEN = "route-test-token"
 PUBLIC = "https://bridge.example.com"
+STREAM_SECRET = "route-test-stream-secret"
 
 
 @dataclass
@@ -85,7 +87,7 @@ class Bridge:
 def _settings(**twilio: object) -> Settings:
     return Settings(
         server=ServerSettings(public_url=PUBLIC),
-        twilio=TwilioSettings(auth_token=TOKEN, **twilio),  # type: ignore[arg-type]
+        twilio=TwilioSettings(auth_token=TOKEN, stream_secret=STREAM_SECRET, **twilio),  # type: ignore[arg-type]
     )
 
 
@@ -118,6 +120,7 @@ async def test_voice_returns_stream_twiml_and_records_call(bridge: Bridge) -> No
     assert stream.get("url") == "wss://bridge.example.com/twilio/media"
     assert stream.get("track") == "both_tracks"
     assert {p.get("name"): p.get("value") for p in stream.findall("Parameter")} == {
+        "cb_token": stream_token(STREAM_SECRET, "AC1", "CA100"),
         "cb_from": "+15551230000",
         "cb_to": "+15559870000",
     }
@@ -126,7 +129,7 @@ async def test_voice_returns_stream_twiml_and_records_call(bridge: Bridge) -> No
 
 
 async def test_voice_content_type(bridge: Bridge) -> None:
-    params = {"CallSid": "CA1", "From": "+1", "To": "+2"}
+    params = {"CallSid": "CA1", "AccountSid": "AC1", "From": "+1", "To": "+2"}
     headers = {"X-Twilio-Signature": sign_request(TOKEN, PUBLIC + "/twilio/voice", params)}
     url = bridge.base_url + "twilio/voice"
     async with bridge.session.post(url, data=params, headers=headers) as response:
@@ -171,6 +174,15 @@ async def test_missing_call_sid_is_400(bridge: Bridge) -> None:
         )
         assert status == 400
         assert "missing_call_sid" in body
+
+
+async def test_voice_without_account_sid_is_400(bridge: Bridge) -> None:
+    # The stream token covers AccountSid:CallSid; without one no token can be made.
+    status, body = await post_signed_form(
+        bridge.session, bridge.base_url, PUBLIC, TOKEN, "/twilio/voice", {"CallSid": "CA1"}
+    )
+    assert status == 400 and "missing_account_sid" in body
+    assert bridge.store.requested == []
 
 
 async def test_voice_answers_when_store_fails_or_hangs(
@@ -262,12 +274,12 @@ async def test_validation_disabled() -> None:
     app = web.Application()
     app[SETTINGS] = Settings(
         server=ServerSettings(public_url=PUBLIC),
-        twilio=TwilioSettings(auth_token="", validate=False),
+        twilio=TwilioSettings(auth_token="", validate=False, stream_secret=STREAM_SECRET),
     )
     app[STORE] = RecordingStore()  # type: ignore[misc]
     setup_twilio_routes(app)
     async with TestClient(TestServer(app)) as client:
-        response = await client.post("/twilio/voice", data={"CallSid": "CA1"})
+        response = await client.post("/twilio/voice", data={"CallSid": "CA1", "AccountSid": "AC1"})
         assert response.status == 200
         # No LIVE_CALLS registry yet: a completed status is still answered.
         response = await client.post(

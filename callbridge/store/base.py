@@ -1,10 +1,39 @@
-"""The storage interface: calls, committed segments, and the webhook event outbox.
+"""The storage interface: calls, committed segments, live-call claims and the webhook outbox.
 
 One small async interface so that SQLite (embedded default) and PostgreSQL (scale-out)
 are interchangeable. Writes that belong together happen in one transaction: a segment and
 its ``transcript.committed`` event, a call's end, its summary and its ``call.ended`` event
 (the transactional outbox). Every event is kept as the call's event log, numbered per
 call, until the call is erased; deliveries to webhook targets are rows beside it.
+
+**An ended call is final.** Once a call's row says ``ended``, no write changes it again: a
+later ``call_requested``, ``call_started``, ``segment_committed`` or ``call_ended`` for it is
+ignored (and logged), so a replayed or forged stream can neither rewrite its parties and
+parameters nor append to its transcript, replace its summary or send its events twice.
+What comes after the end by design is still recorded: Twilio's own status
+(``twilio_status``) and the AI summary (``set_ai_summary``).
+
+**Live-call claims** (one live media stream per call across every process that shares the
+store). The claim is a lease on the call's row: ``calls.stream_owner`` names the process that
+holds the call's media stream, ``calls.stream_lease_expires_at`` says until when.
+
+* *Owner* is an instance id, unique per process and meaningful to an operator
+  (``<hostname>:<pid>:<random>``, see :func:`callbridge.stream_claims.new_instance_id`).
+* *Claim* (:meth:`Store.claim_stream`) happens on Twilio's ``start``, before the bridge does
+  any work for the stream, as one atomic statement (an upsert whose ``DO UPDATE … WHERE``
+  only takes a row that is not ended and whose lease is free or expired: under SQLite's
+  ``BEGIN IMMEDIATE`` across processes, under PostgreSQL's row lock across machines). It
+  answers :class:`StreamClaim`: ``claimed``, ``ended`` (the call is over: refused) or
+  ``live_elsewhere`` (another owner's lease is current: refused).
+* *Heartbeat* (:meth:`Store.renew_stream_claims`): each process renews the leases of all its
+  live calls in one statement every third of a lease, from one task (never a task per
+  call). Calls it no longer owns come back missing from the answer, and are ended there.
+* *Release*: ``call_ended`` clears the claim in the same transaction that ends the call;
+  :meth:`Store.release_stream` clears it for a stream that never got as far.
+* *A crashed process* stops renewing: its claims expire after the lease and can be taken
+  again. The lease expiry is indexed, so a survivor can find the calls of a dead owner
+  (``stream_owner IS NOT NULL AND stream_lease_expires_at <= now AND status <> 'ended'``)
+  and end them.
 """
 
 from __future__ import annotations
@@ -18,6 +47,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import structlog
+
 from callbridge.jobs.model import JobQueue, NewJob
 from callbridge.models import CallEnded, CallInfo, CommittedSegment
 
@@ -30,6 +61,18 @@ class CallStatus(enum.StrEnum):
     RINGING = "ringing"  # /twilio/voice answered, no media yet
     LIVE = "live"  # media stream running
     ENDED = "ended"  # transcription finished, summary stored
+
+
+# Twilio call statuses after which the call is over; once recorded, a status is final.
+FINAL_TWILIO_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+
+
+class StreamClaim(enum.StrEnum):
+    """The answer to a claim on a call's media stream (see the module docstring)."""
+
+    CLAIMED = "claimed"  # this owner holds the stream's lease now
+    ENDED = "ended"  # the call has ended: its stream may not start again
+    LIVE_ELSEWHERE = "live_elsewhere"  # another owner's lease has not expired
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +169,25 @@ class Store(Protocol):
         (e.g. written by a runner that lost its lease)."""
 
     async def twilio_status(self, call_sid: str, status: str, duration_s: int | None) -> None:
-        """Record a Twilio call status callback."""
+        """Record a Twilio call status callback.
+
+        Idempotent, also when replayed out of order: a final status (``completed``, ``busy``,
+        ``failed``, ``no-answer``, ``canceled``) is never replaced by a progress status, and
+        a known duration is never replaced by a missing one."""
+
+    # live-call claims ---------------------------------------------------
+    async def claim_stream(self, call_sid: str, owner: str, lease_s: float) -> StreamClaim:
+        """Take the lease on ``call_sid``'s media stream for ``owner``, atomically; the
+        call's row is created (ringing) if it does not exist yet."""
+
+    async def renew_stream_claims(
+        self, owner: str, call_sids: Sequence[str], lease_s: float
+    ) -> set[str]:
+        """Extend ``owner``'s leases on ``call_sids`` to now + ``lease_s``; the call SIDs
+        whose lease ``owner`` still held (and so renewed)."""
+
+    async def release_stream(self, call_sid: str, owner: str) -> None:
+        """Give up ``owner``'s lease on ``call_sid`` (nothing if it holds none)."""
 
     async def get_call(self, call_sid: str) -> CallRecord | None: ...
 
@@ -313,6 +374,13 @@ def split_ai_summary(
     analytics = {key: value for key, value in summary.items() if key != "ai"}
     ai = summary.get("ai")
     return analytics, (dict(ai) if isinstance(ai, Mapping) else None)
+
+
+def log_write_after_end(write: str, call_sid: str) -> None:
+    """A write for a call that has already ended, ignored (see "An ended call is final")."""
+    structlog.get_logger("callbridge.store").warning(
+        "store.write_after_end_ignored", write=write, call_sid=call_sid
+    )
 
 
 def encode_cursor(created_at_us: int, call_sid: str) -> str:

@@ -23,6 +23,7 @@ import structlog
 from callbridge.jobs.model import JobQueue, NewJob
 from callbridge.models import CallEnded, CallInfo, CommittedSegment, utc_now
 from callbridge.store.base import (
+    FINAL_TWILIO_STATUSES,
     CallRecord,
     CallStatus,
     ClaimsInWrite,
@@ -33,10 +34,12 @@ from callbridge.store.base import (
     OutboxEvent,
     StoredEvent,
     StoreError,
+    StreamClaim,
     WriteClaims,
     decode_cursor,
     encode_cursor,
     from_micros,
+    log_write_after_end,
     split_ai_summary,
     to_micros,
 )
@@ -68,6 +71,8 @@ _CALL_LOCK_SPACE = 0x43425F43  # ("CB_C", hashtext(call_sid)): a call's delivery
 # Leases (webhook deliveries, live calls) are written with each process's clock and read by
 # others: beyond this much disagreement with the database's clock, say so at start-up.
 CLOCK_SKEW_WARNING_S = 1.0
+
+_FINAL_STATUSES = sorted(FINAL_TWILIO_STATUSES)
 
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
@@ -310,7 +315,8 @@ class PostgresStore:
                 "created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (call_sid) DO UPDATE SET "
                 "account_sid = coalesce(calls.account_sid, excluded.account_sid), "
                 "from_number = coalesce(calls.from_number, excluded.from_number), "
-                "to_number = coalesce(calls.to_number, excluded.to_number)",
+                "to_number = coalesce(calls.to_number, excluded.to_number) "
+                "WHERE calls.status <> 'ended'",
                 call_sid,
                 CallStatus.RINGING.value,
                 account_sid,
@@ -323,9 +329,12 @@ class PostgresStore:
         now = self._clock()
         async with self._write() as (conn, claims):
             row = await conn.fetchrow(
-                "SELECT stream_sid, started_at FROM calls WHERE call_sid = $1 FOR UPDATE",
+                "SELECT status, stream_sid, started_at FROM calls WHERE call_sid = $1 FOR UPDATE",
                 call.call_sid,
             )
+            if row is not None and row["status"] == CallStatus.ENDED:
+                log_write_after_end("call_started", call.call_sid)
+                return
             if (
                 row is not None
                 and row["started_at"] is not None
@@ -361,6 +370,12 @@ class PostgresStore:
     ) -> None:
         now = self._clock()
         async with self._write() as (conn, claims):
+            status = await conn.fetchval(
+                "SELECT status FROM calls WHERE call_sid = $1 FOR UPDATE", segment.call_sid
+            )
+            if status == CallStatus.ENDED:
+                log_write_after_end("segment_committed", segment.call_sid)
+                return
             inserted = await conn.fetchval(
                 "INSERT INTO segments (call_sid, sequence, stream_sid, speaker, track, text, "
                 "words, start_ms, end_ms, language, committed_at) "
@@ -421,7 +436,8 @@ class PostgresStore:
                 "segments = greatest(calls.segments, excluded.segments), "
                 "language_code = coalesce(excluded.language_code, calls.language_code), "
                 "degraded = excluded.degraded, summary = excluded.summary, "
-                "ai_summary = excluded.ai_summary",
+                "ai_summary = excluded.ai_summary, "
+                "stream_owner = NULL, stream_lease_expires_at = NULL",
                 ended.call_sid,
                 CallStatus.ENDED.value,
                 ended.stream_sid,
@@ -460,12 +476,61 @@ class PostgresStore:
                 "twilio_duration_s) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (call_sid) DO UPDATE "
                 "SET twilio_status = excluded.twilio_status, "
                 "twilio_duration_s = coalesce(excluded.twilio_duration_s, "
-                "calls.twilio_duration_s)",
+                "calls.twilio_duration_s) "
+                "WHERE calls.twilio_status IS NULL OR NOT calls.twilio_status = ANY($6::text[])",
                 call_sid,
                 CallStatus.RINGING.value,
                 self._clock(),
                 status,
                 duration_s,
+                _FINAL_STATUSES,
+            )
+
+    # live-call claims ---------------------------------------------------------------------
+
+    async def claim_stream(self, call_sid: str, owner: str, lease_s: float) -> StreamClaim:
+        now = self._clock()
+        async with self._connection() as conn:
+            claimed = await conn.fetchval(
+                "INSERT INTO calls (call_sid, status, created_at, stream_owner, "
+                "stream_lease_expires_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (call_sid) "
+                "DO UPDATE SET stream_owner = excluded.stream_owner, "
+                "stream_lease_expires_at = excluded.stream_lease_expires_at "
+                "WHERE calls.status <> 'ended' AND (calls.stream_owner IS NULL "
+                "OR calls.stream_lease_expires_at <= $3) RETURNING call_sid",
+                call_sid,
+                CallStatus.RINGING.value,
+                now,
+                owner,
+                now + timedelta(seconds=lease_s),
+            )
+            if claimed is not None:
+                return StreamClaim.CLAIMED
+            status = await conn.fetchval("SELECT status FROM calls WHERE call_sid = $1", call_sid)
+        return StreamClaim.ENDED if status == CallStatus.ENDED else StreamClaim.LIVE_ELSEWHERE
+
+    async def renew_stream_claims(
+        self, owner: str, call_sids: Sequence[str], lease_s: float
+    ) -> set[str]:
+        if not call_sids:
+            return set()
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "UPDATE calls SET stream_lease_expires_at = $1 "
+                "WHERE stream_owner = $2 AND call_sid = ANY($3::text[]) RETURNING call_sid",
+                self._clock() + timedelta(seconds=lease_s),
+                owner,
+                list(dict.fromkeys(call_sids)),
+            )
+        return {row[0] for row in rows}
+
+    async def release_stream(self, call_sid: str, owner: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE calls SET stream_owner = NULL, stream_lease_expires_at = NULL "
+                "WHERE call_sid = $1 AND stream_owner = $2",
+                call_sid,
+                owner,
             )
 
     async def get_call(self, call_sid: str) -> CallRecord | None:

@@ -24,6 +24,7 @@ import structlog
 from callbridge.jobs.model import JobQueue, NewJob
 from callbridge.models import CallEnded, CallInfo, CommittedSegment, utc_now
 from callbridge.store.base import (
+    FINAL_TWILIO_STATUSES,
     CallRecord,
     CallStatus,
     ClaimsInWrite,
@@ -34,10 +35,12 @@ from callbridge.store.base import (
     OutboxEvent,
     StoredEvent,
     StoreError,
+    StreamClaim,
     WriteClaims,
     decode_cursor,
     encode_cursor,
     from_micros,
+    log_write_after_end,
     split_ai_summary,
     to_micros,
 )
@@ -52,6 +55,9 @@ from callbridge.store.rows import (
 )
 
 log = structlog.get_logger(__name__)
+
+_FINAL_STATUSES_SQL = ", ".join(f"'{status}'" for status in sorted(FINAL_TWILIO_STATUSES))
+_RENEW_BATCH = 500  # call SIDs per renewal statement (SQLite binds at most 32766 values)
 
 T = TypeVar("T")
 
@@ -308,7 +314,8 @@ class SqliteStore:
                 "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (call_sid) DO UPDATE SET "
                 "account_sid = coalesce(calls.account_sid, excluded.account_sid), "
                 "from_number = coalesce(calls.from_number, excluded.from_number), "
-                "to_number = coalesce(calls.to_number, excluded.to_number)",
+                "to_number = coalesce(calls.to_number, excluded.to_number) "
+                "WHERE calls.status <> 'ended'",
                 (call_sid, CallStatus.RINGING, account_sid, from_number, to_number, now),
             )
 
@@ -319,8 +326,12 @@ class SqliteStore:
 
         def work(conn: sqlite3.Connection) -> None:
             row = conn.execute(
-                "SELECT stream_sid, started_at FROM calls WHERE call_sid = ?", (call.call_sid,)
+                "SELECT status, stream_sid, started_at FROM calls WHERE call_sid = ?",
+                (call.call_sid,),
             ).fetchone()
+            if row is not None and row["status"] == CallStatus.ENDED:
+                log_write_after_end("call_started", call.call_sid)
+                return
             if (
                 row is not None
                 and row["started_at"] is not None
@@ -360,6 +371,12 @@ class SqliteStore:
         now = self._now_us()
 
         def work(conn: sqlite3.Connection) -> None:
+            status = conn.execute(
+                "SELECT status FROM calls WHERE call_sid = ?", (segment.call_sid,)
+            ).fetchone()
+            if status is not None and status[0] == CallStatus.ENDED:
+                log_write_after_end("segment_committed", segment.call_sid)
+                return
             inserted = conn.execute(
                 "INSERT INTO segments (call_sid, sequence, stream_sid, speaker, track, text, "
                 "words, start_ms, end_ms, language, committed_at) "
@@ -427,7 +444,8 @@ class SqliteStore:
                 "segments = max(calls.segments, excluded.segments), "
                 "language_code = coalesce(excluded.language_code, calls.language_code), "
                 "degraded = excluded.degraded, summary = excluded.summary, "
-                "ai_summary = excluded.ai_summary",
+                "ai_summary = excluded.ai_summary, "
+                "stream_owner = NULL, stream_lease_expires_at = NULL",
                 (
                     ended.call_sid,
                     CallStatus.ENDED,
@@ -474,8 +492,67 @@ class SqliteStore:
                 "twilio_duration_s) VALUES (?, ?, ?, ?, ?) ON CONFLICT (call_sid) DO UPDATE SET "
                 "twilio_status = excluded.twilio_status, "
                 "twilio_duration_s = coalesce(excluded.twilio_duration_s, "
-                "calls.twilio_duration_s)",
+                "calls.twilio_duration_s) WHERE calls.twilio_status IS NULL "
+                f"OR calls.twilio_status NOT IN ({_FINAL_STATUSES_SQL})",
                 (call_sid, CallStatus.RINGING, now, status, duration_s),
+            )
+
+        await self._write(work)
+
+    # live-call claims ---------------------------------------------------------------------
+
+    async def claim_stream(self, call_sid: str, owner: str, lease_s: float) -> StreamClaim:
+        now = self._now_us()
+        expires = now + int(lease_s * 1_000_000)
+
+        def work(conn: sqlite3.Connection) -> StreamClaim:
+            claimed = conn.execute(
+                "INSERT INTO calls (call_sid, status, created_at, stream_owner, "
+                "stream_lease_expires_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (call_sid) "
+                "DO UPDATE SET stream_owner = excluded.stream_owner, "
+                "stream_lease_expires_at = excluded.stream_lease_expires_at "
+                "WHERE calls.status <> 'ended' AND (calls.stream_owner IS NULL "
+                "OR calls.stream_lease_expires_at <= ?) RETURNING call_sid",
+                (call_sid, CallStatus.RINGING, now, owner, expires, now),
+            ).fetchone()
+            if claimed is not None:
+                return StreamClaim.CLAIMED
+            row = conn.execute(
+                "SELECT status FROM calls WHERE call_sid = ?", (call_sid,)
+            ).fetchone()
+            return StreamClaim.ENDED if row[0] == CallStatus.ENDED else StreamClaim.LIVE_ELSEWHERE
+
+        return await self._write(work)
+
+    async def renew_stream_claims(
+        self, owner: str, call_sids: Sequence[str], lease_s: float
+    ) -> set[str]:
+        if not call_sids:
+            return set()
+        expires = self._now_us() + int(lease_s * 1_000_000)
+        sids = list(dict.fromkeys(call_sids))
+
+        def work(conn: sqlite3.Connection) -> set[str]:
+            renewed: set[str] = set()
+            for start in range(0, len(sids), _RENEW_BATCH):
+                batch = sids[start : start + _RENEW_BATCH]
+                marks = ",".join("?" * len(batch))
+                rows = conn.execute(
+                    "UPDATE calls SET stream_lease_expires_at = ? "
+                    f"WHERE stream_owner = ? AND call_sid IN ({marks}) RETURNING call_sid",
+                    (expires, owner, *batch),
+                ).fetchall()
+                renewed.update(row[0] for row in rows)
+            return renewed
+
+        return await self._write(work)
+
+    async def release_stream(self, call_sid: str, owner: str) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE calls SET stream_owner = NULL, stream_lease_expires_at = NULL "
+                "WHERE call_sid = ? AND stream_owner = ?",
+                (call_sid, owner),
             )
 
         await self._write(work)

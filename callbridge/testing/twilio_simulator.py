@@ -41,6 +41,7 @@ from callbridge.twilio.signatures import (
     public_base,
     public_websocket_url,
 )
+from callbridge.twilio.stream_auth import TOKEN_PARAMETER, stream_token
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -398,7 +399,10 @@ class TwilioCallSimulator:
     ``ws_url`` is where the bridge really listens (``ws://127.0.0.1:8080/twilio/media``);
     the upgrade is signed for ``wss://<public host>/twilio/media`` built from ``public_url``.
     Pass ``session`` to share one ``aiohttp.ClientSession`` across many simulated calls, and
-    ``record_audio=False`` for long load runs (then only frame counts are kept).
+    ``record_audio=False`` for long load runs (then only frame counts are kept). With
+    ``stream_secret`` (the bridge's ``CALLBRIDGE_STREAM_SECRET``) the ``start`` carries the
+    call's ``cb_token`` as the bridge's TwiML would; without it, only what
+    ``custom_parameters`` holds (a stream made from the bridge's TwiML carries it there).
     """
 
     def __init__(
@@ -417,6 +421,7 @@ class TwilioCallSimulator:
         media_path: str = MEDIA_PATH,
         connect_timeout_s: float = 10.0,
         record_audio: bool = True,
+        stream_secret: str | None = None,
     ) -> None:
         self.ws_url = ws_url
         self.auth_token = auth_token
@@ -425,6 +430,11 @@ class TwilioCallSimulator:
         self.stream_sid = stream_sid or new_stream_sid()
         self.account_sid = account_sid or new_account_sid()
         self.custom_parameters = dict(custom_parameters or {})
+        if stream_secret is not None:
+            # As the bridge's TwiML would have it (an explicit cb_token is sent as given).
+            self.custom_parameters.setdefault(
+                TOKEN_PARAMETER, stream_token(stream_secret, self.account_sid, self.call_sid)
+            )
         self.signature = signature
         self.shared_key = shared_key
         self.media_path = media_path

@@ -20,6 +20,7 @@ from aiohttp import web
 from callbridge.context import LIVE_CALLS, SETTINGS, STORE
 from callbridge.http_errors import json_error
 from callbridge.models import EndReason
+from callbridge.store.base import FINAL_TWILIO_STATUSES
 from callbridge.twilio.signatures import TwilioSignatureChecker
 from callbridge.twilio.twiml import STATUS_PATH, build_stream_twiml
 
@@ -32,8 +33,6 @@ BACKGROUND_TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("twilio_backg
 
 # How long the voice webhook waits for the store before answering anyway.
 VOICE_STORE_WAIT_S = 3.0
-# Call statuses after which the call is over.
-FINAL_CALL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 # Stream events (stream status callback `StreamEvent`) that end the call's transcription.
 ENDING_STREAM_EVENTS = {"stream-stopped": EndReason.STOP}
 SHUTDOWN_WAIT_S = 5.0
@@ -86,15 +85,15 @@ async def voice_webhook(request: web.Request) -> web.Response:
     call_sid = _optional(form, "CallSid")
     if call_sid is None:
         return json_error(400, "missing_call_sid", "the request has no CallSid")
+    account_sid = _optional(form, "AccountSid")
+    if account_sid is None:
+        return json_error(400, "missing_account_sid", "the request has no AccountSid")
     from_number = _optional(form, "From")
     to_number = _optional(form, "To")
     bound = log.bind(call_sid=call_sid)
 
     store_task = _spawn(
-        app,
-        _record_call_requested(
-            app, call_sid, _optional(form, "AccountSid"), from_number, to_number
-        ),
+        app, _record_call_requested(app, call_sid, account_sid, from_number, to_number)
     )
     _, pending = await asyncio.wait({store_task}, timeout=VOICE_STORE_WAIT_S)
     if pending:
@@ -102,7 +101,11 @@ async def voice_webhook(request: web.Request) -> web.Response:
 
     try:
         twiml = build_stream_twiml(
-            app[SETTINGS], call_sid=call_sid, from_number=from_number, to_number=to_number
+            app[SETTINGS],
+            account_sid=account_sid,
+            call_sid=call_sid,
+            from_number=from_number,
+            to_number=to_number,
         )
     except ValueError:
         bound.exception("twilio_voice_twiml_failed")
@@ -157,7 +160,7 @@ async def status_callback(request: web.Request) -> web.Response:
         return web.Response(status=204)
     duration_s = _duration(form.get("CallDuration"))
     bound.info("twilio_call_status", call_status=call_status, duration_s=duration_s)
-    if call_status in FINAL_CALL_STATUSES:
+    if call_status in FINAL_TWILIO_STATUSES:
         _schedule_end_call(app, call_sid, EndReason.COMPLETED)
     try:
         await app[STORE].twilio_status(call_sid, call_status, duration_s)

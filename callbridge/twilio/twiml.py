@@ -12,22 +12,29 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from callbridge.config import Settings
 from callbridge.twilio.signatures import public_base, public_websocket_url
+from callbridge.twilio.stream_auth import (
+    FROM_PARAMETER,
+    TO_PARAMETER,
+    TOKEN_PARAMETER,
+    stream_token,
+)
 
 MEDIA_PATH = "/twilio/media"
 STATUS_PATH = "/twilio/status"
-PARAM_FROM = "cb_from"
-PARAM_TO = "cb_to"
 
 
 def build_stream_twiml(
     settings: Settings,
     *,
+    account_sid: str,
     call_sid: str,
     from_number: str | None,
     to_number: str | None,
 ) -> str:
-    """TwiML forking ``call_sid``'s audio (both tracks) to ``wss://<public host>/twilio/media``."""
-    del call_sid  # the stream's `start` message carries the CallSid itself
+    """TwiML forking ``call_sid``'s audio (both tracks) to ``wss://<public host>/twilio/media``,
+    with the call's stream token (``settings.twilio.stream_secret`` must be set)."""
+    if not settings.twilio.stream_secret:
+        raise ValueError("no stream secret: the TwiML cannot carry a stream token")
     public_url = settings.server.public_url
     twilio = settings.twilio
     stream_url = public_websocket_url(public_url, MEDIA_PATH)
@@ -43,10 +50,12 @@ def build_stream_twiml(
         status_callback=public_base(public_url) + STATUS_PATH,
         status_callback_method="POST",
     )
+    token = stream_token(twilio.stream_secret, account_sid, call_sid)
+    stream.parameter(name=TOKEN_PARAMETER, value=token)
     if from_number:
-        stream.parameter(name=PARAM_FROM, value=from_number)
+        stream.parameter(name=FROM_PARAMETER, value=from_number)
     if to_number:
-        stream.parameter(name=PARAM_TO, value=to_number)
+        stream.parameter(name=TO_PARAMETER, value=to_number)
 
     if twilio.continue_with == "pause":
         response.pause(length=twilio.pause_seconds)
