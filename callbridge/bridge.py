@@ -245,13 +245,10 @@ async def _start_session(
         try:
             claim = await claims.claim(call_sid)
         except StoreError as exc:
+            # The call's events survive a store outage, so the stream does too: its claim
+            # is taken by the heartbeat once the store answers.
             log.error("media.claim_failed", call_sid=call_sid, error=str(exc))
-            raise _StreamRefused(
-                "store_unavailable",
-                "the call store is unavailable",
-                start,
-                WSCloseCode.INTERNAL_ERROR,
-            ) from None
+            claims.defer(call_sid)
         if claim is StreamClaim.ENDED:
             raise _StreamRefused("call_ended", "this call has ended", start)
         if claim is StreamClaim.LIVE_ELSEWHERE:
@@ -273,7 +270,7 @@ async def _start_session(
         registry.add(session, ws)
     except BaseException:
         registry.unreserve(call_sid)
-        if claim is StreamClaim.CLAIMED:
+        if claim is StreamClaim.CLAIMED or claim is None:
             await claims.release(call_sid)
         raise
     session.start(params.from_number, params.to_number)

@@ -13,6 +13,11 @@ The store keeps the claim (a lease on the call's row; the design is in
   is ended here too.
 
 A process that dies stops renewing, and its claims expire after ``lease_s``.
+
+A store that cannot be reached on ``start`` does not cost the call (the events of a call
+carry on through a store outage): the stream goes ahead, its claim is *deferred*, and the
+heartbeat takes it as soon as the store answers, ending the call here if the answer is that
+the call has ended or is live elsewhere.
 """
 
 from __future__ import annotations
@@ -43,13 +48,20 @@ class StreamClaims:
         self.lease_s = lease_s
         self.owner = owner or new_instance_id()
         self.heartbeat_s = lease_s / 3
+        self._deferred: set[str] = set()  # live here, claim not yet taken (store unreachable)
 
     async def claim(self, call_sid: str) -> StreamClaim:
         """Take the call's lease (raises :class:`~callbridge.store.base.StoreError`)."""
         return await self.store.claim_stream(call_sid, self.owner, self.lease_s)
 
+    def defer(self, call_sid: str) -> None:
+        """The store could not be asked: the heartbeat claims the call later."""
+        log.warning("stream.claim_deferred", call_sid=call_sid, owner=self.owner)
+        self._deferred.add(call_sid)
+
     async def release(self, call_sid: str) -> None:
         """Give the lease up; a failure is logged (the lease then simply expires)."""
+        self._deferred.discard(call_sid)
         try:
             await self.store.release_stream(call_sid, self.owner)
         except Exception:
@@ -62,7 +74,9 @@ class StreamClaims:
         ``lost(call_sid)`` for each that this process no longer holds. Runs until cancelled."""
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            call_sids = list(live_calls())
+            if self._deferred:
+                await self._claim_deferred(live_calls, lost)
+            call_sids = [sid for sid in live_calls() if sid not in self._deferred]
             if not call_sids:
                 continue
             try:
@@ -75,3 +89,21 @@ class StreamClaims:
                 if call_sid not in renewed and call_sid in live_calls():
                     log.warning("stream.lease_lost", call_sid=call_sid, owner=self.owner)
                     lost(call_sid)
+
+    async def _claim_deferred(
+        self, live_calls: Callable[[], Collection[str]], lost: Callable[[str], None]
+    ) -> None:
+        for call_sid in list(self._deferred):
+            if call_sid not in live_calls():
+                self._deferred.discard(call_sid)
+                continue
+            try:
+                claim = await self.claim(call_sid)
+            except Exception:
+                return  # still unreachable: the next beat tries again
+            self._deferred.discard(call_sid)
+            if claim is StreamClaim.CLAIMED:
+                log.info("stream.claim_taken", call_sid=call_sid, owner=self.owner)
+            elif call_sid in live_calls():
+                log.warning("stream.claim_refused", call_sid=call_sid, claim=str(claim))
+                lost(call_sid)

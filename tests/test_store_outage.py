@@ -36,9 +36,9 @@ def audio(script: list[tuple[int, list[int]]], seed: int) -> bytes:
 def take_store_down(bridge: RunningBridge) -> dict[str, Any]:
     """The store's writes raise as an unreachable database does (reads still work)."""
     store = bridge.store
-    originals = {
-        name: getattr(store, name) for name in ("call_started", "segment_committed", "call_ended")
-    }
+    writes = ("call_started", "segment_committed", "call_ended")
+    claims = ("claim_stream", "renew_stream_claims", "release_stream")
+    originals = {name: getattr(store, name) for name in writes + claims}
 
     async def down(*_: Any, **__: Any) -> None:
         raise StoreError("PostgreSQL error: connection refused")

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from callbridge.bridge import REGISTRY
+from callbridge.bridge import CLAIMS, REGISTRY
 from callbridge.models import Track
-from callbridge.store.base import CallStatus
+from callbridge.store.base import CallStatus, StoreError
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.twilio_simulator import TwilioCallSimulator, new_call_sid
 from callbridge.testing.webhook_receiver import WebhookReceiver
@@ -322,3 +322,50 @@ def test_stream_token_command_prints_the_token_twiml_made_elsewhere_needs(tmp_pa
     refused = command()  # a random start-up secret cannot be known elsewhere
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1 and "CALLBRIDGE_STREAM_SECRET" in refused.stderr
+
+
+@pytest.mark.parametrize("meanwhile", ["nothing", "ended_elsewhere"])
+async def test_a_claim_the_store_could_not_take_at_start_is_taken_by_the_heartbeat(
+    tmp_path: Path, emulator: ScribeEmulator, meanwhile: str
+) -> None:
+    settings = bridge_settings(tmp_path, emulator.url, free_port())
+    settings = settings.replace(server=dataclasses.replace(settings.server, stream_lease_s=0.6))
+    db = tmp_path / "bridge.db"
+    async with running_bridge(settings) as bridge:
+        store = bridge.store
+        claim = store.claim_stream
+
+        async def unreachable(*_: Any) -> Any:
+            raise StoreError("PostgreSQL error: connection refused")
+
+        store.claim_stream = unreachable  # type: ignore[method-assign]
+        sim = bridge.simulator()
+        await sim.connect()
+        await sim.send_start()
+        await sim.send_frames(speech(seed=5), speed=0)
+        for _ in range(100):
+            if bridge.live_calls == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert bridge.live_calls == 1 and sim.is_open  # the call goes ahead, unclaimed
+        assert lease(db, sim.call_sid) == (None, None)
+        if meanwhile == "ended_elsewhere":
+            with sqlite3.connect(db) as conn:
+                conn.execute(
+                    "UPDATE calls SET status = 'ended' WHERE call_sid = ?", (sim.call_sid,)
+                )
+        store.claim_stream = claim  # type: ignore[method-assign]
+        if meanwhile == "nothing":
+            for _ in range(100):
+                if lease(db, sim.call_sid)[0] is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert lease(db, sim.call_sid)[0] == bridge.app[CLAIMS].owner
+            await sim.send_stop()
+            await sim.close()
+            await wait_ended(bridge, sim.call_sid)
+            assert lease(db, sim.call_sid) == (None, None)
+        else:
+            assert await sim.wait_closed(3.0), "a call that ended elsewhere kept running"
+            await sim.close()
+            assert bridge.live_calls == 0
