@@ -30,7 +30,7 @@ import asyncpg
 
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.webhook_receiver import WebhookReceiver
-from tests.bridge_harness import API_TOKEN, AUTH_TOKEN, free_port
+from tests.bridge_harness import API_TOKEN, AUTH_TOKEN, STREAM_SECRET, free_port
 from tests.test_serve_process import base_env
 from tests.testnet import HostNetwork, NetHost, host_network, reachable, skip_or_fail
 
@@ -268,6 +268,7 @@ def instance_env(
         ELEVENLABS_API_KEY="test-key",
         CALLBRIDGE_SCRIBE_URL=scribe_url,
         TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        CALLBRIDGE_STREAM_SECRET=STREAM_SECRET,  # every instance: one secret
         CALLBRIDGE_PUBLIC_URL=public_url,
         CALLBRIDGE_API_TOKENS=API_TOKEN,
         CALLBRIDGE_WEBHOOK_URLS=",".join(webhook_urls),

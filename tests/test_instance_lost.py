@@ -15,7 +15,7 @@ import pytest
 
 from callbridge.testing.twilio_simulator import TwilioCallSimulator, new_call_sid
 from callbridge.testing.webhook_receiver import ReceivedRequest, Reply
-from tests.bridge_harness import AUTH_TOKEN
+from tests.bridge_harness import AUTH_TOKEN, STREAM_SECRET
 from tests.cluster_harness import PG_ADMIN_URL, Cluster, Instance, running_cluster
 from tests.test_bridge_e2e import track
 
@@ -49,6 +49,7 @@ async def start_call(
         auth_token=AUTH_TOKEN,
         public_url=cluster.balancer.public_url,
         call_sid=new_call_sid(),
+        stream_secret=STREAM_SECRET,
     )
     await sim.connect()
     await sim.send_start(("inbound",))

@@ -15,6 +15,7 @@ import pytest
 from callbridge.simulate import stream_parameters
 from callbridge.testing.twilio_simulator import (
     TwilioCallSimulator,
+    new_account_sid,
     new_call_sid,
     post_status,
     post_voice,
@@ -40,9 +41,16 @@ async def place_call(
     media stream its TwiML asks for, then the `completed` status callback. Returns the call
     SID and the words spoken, in order."""
     lb = cluster.balancer
-    call_sid = new_call_sid()
+    call_sid, account_sid = new_call_sid(), new_account_sid()
     twiml = await post_voice(
-        http, lb.public_url, lb.public_url, AUTH_TOKEN, call_sid, "+15550100", "+15550199"
+        http,
+        lb.public_url,
+        lb.public_url,
+        AUTH_TOKEN,
+        call_sid,
+        "+15550100",
+        "+15550199",
+        account_sid=account_sid,
     )
     base = 400 + 50 * index
     audio = track(3000, [(300, [base, base + 10]), (1700, [base + 20])], index)
@@ -51,7 +59,8 @@ async def place_call(
         auth_token=AUTH_TOKEN,
         public_url=lb.public_url,
         call_sid=call_sid,
-        custom_parameters=stream_parameters(twiml),
+        account_sid=account_sid,
+        custom_parameters=stream_parameters(twiml),  # the TwiML's cb_token among them
         session=http,
     )
     await sim.run(inbound=audio, speed=speed)
