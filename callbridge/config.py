@@ -86,12 +86,17 @@ class TurnSettings:
     vad_min_level_dbfs: float = -50.0
     vad_onset_ms: int = 60
     vad_hangover_ms: int = 240
+    vad_talker_gate_db: float = 10.0
+    vad_sustain_ms: int = 1500
     preroll_ms: int = 200
     turn_end_ms: int = 600
     takeover_ms: int = 300
     soft_max_segment_ms: int = 20000
     max_segment_ms: int = 30000
     pause_split_ms: int = 200
+    hold_cut_ms: int = 1000
+    hold_max_ms: int = 2000
+    hold_pause_ms: int = 60
     min_commit_interval_ms: int = 1000
     idle_commit_ms: int = 20000
     backlog_limit_s: int = 120

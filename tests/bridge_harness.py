@@ -52,9 +52,8 @@ def bridge_settings(
 ) -> Settings:
     """Settings for a test bridge: simulated calls run faster than real time, so the
     commit spacing and the catch-up limit (both wall-clock) are relaxed."""
-    turn_settings = dataclasses.replace(
-        TurnSettings(), min_commit_interval_ms=10, catchup_speed=1000.0, **(turns or {})
-    )
+    relaxed: dict[str, Any] = {"min_commit_interval_ms": 10, "catchup_speed": 1000.0}
+    turn_settings = dataclasses.replace(TurnSettings(), **(relaxed | (turns or {})))
     return Settings(
         server=ServerSettings(host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}"),
         twilio=TwilioSettings(auth_token=AUTH_TOKEN, stream_secret=STREAM_SECRET),

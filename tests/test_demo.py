@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-from itertools import groupby
 from pathlib import Path
 
 import pytest
@@ -42,11 +41,6 @@ def run_demo(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[s
     )
 
 
-def collapse(speakers: list[str]) -> list[str]:
-    """Consecutive segments of one speaker are one turn."""
-    return [speaker for speaker, _ in groupby(speakers)]
-
-
 @pytest.mark.slow
 def test_demo_prints_the_sample_call_turn_by_turn_and_a_summary() -> None:
     result = run_demo("--speed", "16")
@@ -61,20 +55,21 @@ def test_demo_prints_the_sample_call_turn_by_turn_and_a_summary() -> None:
     assert all(EMULATED.match(text) for *_, text in segments)
     truth = json.loads(sample_call_path().with_name("sample_call.json").read_text())
     turns = sorted(truth["turns"], key=lambda turn: turn["start_ms"])
-    # Each line of the script is one turn; the caller's interruption is held back while the
-    # agent is on air and follows right after, possibly cut in two at a pause.
-    assert collapse([speaker for _, _, speaker, _ in segments]) == collapse(
-        [turn["speaker"] for turn in turns]
-    )
     starts_ms = [round((int(m) * 60 + float(s)) * 1000) for m, s, _, _ in segments]
     assert starts_ms == sorted(starts_ms)
-    first_of_turn = [
-        start
-        for index, start in enumerate(starts_ms)
-        if index == 0 or segments[index][2] != segments[index - 1][2]
-    ]
-    for start, turn in zip(first_of_turn, turns, strict=True):
-        assert abs(start - turn["start_ms"]) <= 500, (start, turn)
+    # Every line of the script opens a segment of its speaker near its start...
+    for turn in turns:
+        assert any(
+            speaker == turn["speaker"] and abs(start - turn["start_ms"]) <= 500
+            for start, (*_, speaker, _) in zip(starts_ms, segments, strict=True)
+        ), turn
+    # ...and every segment lies in a line of its own speaker: single-speaker segments, also
+    # where the caller talks over the agent (held back, then the agent is cut at a pause).
+    for start, (*_, speaker, _) in zip(starts_ms, segments, strict=True):
+        assert any(
+            speaker == turn["speaker"] and turn["start_ms"] - 500 <= start <= turn["end_ms"] + 500
+            for turn in turns
+        ), (start, speaker)
 
     summary_at = next(i for i, line in enumerate(lines) if line.startswith("Summary: "))
     assert summary_at > lines.index(next(line for line in lines if SEGMENT.match(line)))

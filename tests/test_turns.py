@@ -22,12 +22,16 @@ class RecordingOutput:
 
     def __init__(self) -> None:
         self.stream: list[tuple[str, PlannedSegment | None, bytes]] = []
+        self.now_ms = 0  # the stream clock, set by the driver before each frame
+        self.committed_at: dict[int, int] = {}  # segment id → stream time of its commit
 
     def audio(self, data: bytes, segment: PlannedSegment | None) -> None:
         self.stream.append(("audio", segment, data))
 
     def commit(self, segment: PlannedSegment | None) -> None:
         self.stream.append(("commit", segment, b""))
+        if segment is not None:
+            self.committed_at[segment.id] = self.now_ms
 
     def committed(self) -> list[PlannedSegment]:
         return [seg for kind, seg, _ in self.stream if kind == "commit" and seg is not None]
@@ -63,10 +67,12 @@ def run(
     seg = TurnSegmenter(tuple(tracks), settings or TurnSettings(), out)
     length = max(len(b) for b in tracks.values())
     for offset in range(0, length, FRAME_BYTES):
+        out.now_ms = offset // 8 + 20
         for track, audio in tracks.items():
             frame = audio[offset : offset + FRAME_BYTES]
             if len(frame) == FRAME_BYTES:
                 seg.push(track, offset // 8, frame)
+    out.now_ms = length // 8
     seg.finish()
     return seg, out
 
@@ -108,31 +114,63 @@ def test_each_segment_carries_exactly_its_own_tracks_audio() -> None:
         assert segment.audio_start_ms <= segment.speech_start_ms - 150  # pre-roll kept
 
 
-def test_double_talk_is_held_back_and_sent_as_its_own_segment_after_the_holder() -> None:
-    # The caller talks 0.5–4.3 s; the agent talks over them at 1.5–2.4 s.
-    caller = mulaw_track(
-        8000,
-        [utterance(500, [400, 450, 500, 550, 600, 650, 700, 750, 800, 850, 900, 950, 1000])],
-        5,
-    )
+def test_double_talk_is_held_back_then_the_holder_is_cut_at_a_pause() -> None:
+    # The caller talks 0.5–4.3 s; the agent talks over them at 1.5–2.4 s. The agent is held
+    # back, and once they have waited hold_cut_ms the caller is cut at the next word gap.
+    settings = TurnSettings()
+    period = 220 + 90
+    caller_words = [400, 450, 500, 550, 600, 650, 700, 750, 800, 850, 900, 950, 1000]
+    caller = mulaw_track(8000, [utterance(500, caller_words)], 5)
     agent = mulaw_track(8000, [utterance(1500, [1500, 1600, 1700])], 6)
-    _, out = run({IN: caller, OUT: agent})
+    seg, out = run({IN: caller, OUT: agent})
     segments = out.committed()
-    assert [s.track for s in segments] == [IN, OUT]
-    caller_seg, agent_seg = segments
-    assert caller_seg.speech_end_ms > agent_seg.speech_start_ms  # they did overlap
+    assert [s.track for s in segments] == [IN, OUT, IN]
+    first, agent_seg, rest = segments
+    assert seg.hold_cuts == 1
     assert abs(agent_seg.speech_start_ms - 1500) <= 60
+    # The cut: after the agent waited hold_cut_ms, before hold_max_ms, inside a word gap.
+    cut_ms = first.audio_end_ms
+    assert 1500 + settings.hold_cut_ms <= cut_ms <= 1500 + settings.hold_max_ms
+    assert 220 <= (cut_ms - 500) % period < period, cut_ms
     # The agent's speech was not sent while the caller held the floor: it follows the commit.
-    kinds = [(kind, seg) for kind, seg, _ in out.stream if seg is not None]
+    kinds = [(kind, s) for kind, s, _ in out.stream if s is not None]
     first_agent_audio = next(i for i, (k, s) in enumerate(kinds) if s is agent_seg)
-    caller_commit = kinds.index(("commit", caller_seg))
-    assert first_agent_audio > caller_commit
-    # Nothing of either party is lost: each segment's audio is its whole track slice.
-    for segment, source in ((caller_seg, caller), (agent_seg, agent)):
-        sent = out.audio_of(segment)
-        start = segment.audio_start_ms * 8
-        assert sent == source[start : start + len(sent)]
-        assert segment.audio_end_ms >= segment.speech_end_ms
+    assert first_agent_audio > kinds.index(("commit", first))
+    # Nothing is lost or sent twice: the caller's two segments are one contiguous slice of
+    # their track, the agent's segment a slice of theirs.
+    caller_sent = out.audio_of(first) + out.audio_of(rest)
+    start = first.audio_start_ms * 8
+    assert rest.audio_start_ms == first.audio_end_ms
+    assert caller_sent == caller[start : start + len(caller_sent)]
+    agent_sent = out.audio_of(agent_seg)
+    assert agent_sent == agent[agent_seg.audio_start_ms * 8 :][: len(agent_sent)]
+    assert rest.speech_end_ms >= 500 + len(caller_words) * period - 90 - 60
+
+
+def test_hold_back_is_bounded_behind_a_monologue_without_pauses() -> None:
+    # A caller (or a TV) talking for 12 s with syllable dips of 40 ms but no pause of
+    # hold_pause_ms; the agent answers "no" (one 0.3 s word) at 2 s. The agent's segment is
+    # committed within hold_max_ms of their start, on the stream clock.
+    settings = TurnSettings()
+    t = np.arange(8000 * 12) / 8000
+    envelope = np.where((t % 0.25) < 0.21, 1.0, 0.0)
+    drone = pcm16_to_ulaw((np.sin(2 * np.pi * 300 * t) * 6000 * envelope).astype(np.int16))
+    agent = mulaw_track(12_000, [(2000, synth_utterance([900], word_ms=300))], 7)
+    seg, out = run({IN: drone, OUT: agent})
+    committed = out.committed()
+    agent_seg = next(s for s in committed if s.track is OUT)
+    assert out.committed_at[agent_seg.id] <= 2000 + settings.hold_max_ms + 20
+    caller_segments = [s for s in committed if s.track is IN]
+    assert len(caller_segments) >= 2 and seg.hold_cuts >= 1
+    # (caller audio: contiguous over the cut)
+    assert caller_segments[1].audio_start_ms == caller_segments[0].audio_end_ms
+
+
+def test_without_double_talk_nothing_is_cut() -> None:
+    caller = mulaw_track(9000, [utterance(500, [400 + 50 * i for i in range(20)])], 8)
+    agent = mulaw_track(9000, [utterance(7600, [1200, 1300])], 9)
+    seg, out = run({IN: caller, OUT: agent})
+    assert [s.track for s in out.committed()] == [IN, OUT] and seg.hold_cuts == 0
 
 
 def test_takeover_ends_the_holders_turn_before_the_full_turn_end_pause() -> None:
@@ -217,7 +255,10 @@ def test_backlog_is_bounded_and_what_it_drops_is_counted() -> None:
     # The caller holds the floor for 20 s while the agent talks 10 s over them.
     caller = mulaw_track(25_000, [utterance(200, [400 + 10 * (i % 30) for i in range(64)])], 13)
     agent = mulaw_track(25_000, [utterance(1000, [1500 + 10 * (i % 30) for i in range(32)])], 14)
-    settings = dataclasses.replace(TurnSettings(), backlog_limit_s=3)
+    # (with the hold-back bound out of the way: the backlog limit is the last safety net)
+    settings = dataclasses.replace(
+        TurnSettings(), backlog_limit_s=3, hold_cut_ms=10**6, hold_max_ms=10**6
+    )
     seg, out = run({IN: caller, OUT: agent}, settings)
     assert seg.lost_ms > 0
     agent_segments = [s for s in out.committed() if s.track is OUT]
@@ -247,3 +288,34 @@ def test_a_track_whose_frames_stop_does_not_hold_the_floor() -> None:
     assert [s.track for s in out.committed()] == [OUT, IN]
     agent_seg = out.committed()[0]
     assert abs(agent_seg.speech_end_ms - (200 + utterance_ms(3))) <= 60
+
+
+def test_hold_music_and_steady_tones_are_learned_into_the_floor_within_seconds() -> None:
+    from callbridge.testing import lines
+
+    for sound in (lines.hold_music(20_000, -20.0, seed=3), lines.tone(20_000, 440.0, -20.0)):
+        track = pcm16_to_ulaw(build_track(20_000, [(0, sound)], seed=5))
+        seg, out = run({IN: track})
+        speech_ms = sum(i.duration_ms for i in seg.activity(IN))
+        assert speech_ms <= 3000, speech_ms  # not 20 s of "speech"
+        assert all(s.speech_start_ms < 3000 for s in out.committed())
+
+
+def test_babble_under_the_talker_does_not_keep_their_turn_open() -> None:
+    from callbridge.testing import lines
+
+    level = lines.level_for_snr(lines.SPEECH_RMS_DBFS, 13.0)
+    speech_end = 1000 + utterance_ms(4)
+    caller = pcm16_to_ulaw(
+        build_track(
+            8000,
+            [(0, lines.babble(8000, level, seed=7)), utterance(1000, [400, 500, 600, 700])],
+            seed=6,
+        )
+    )
+    _, out = run({IN: caller})
+    # (the babble before the talker may open the talker's segment early: no reference yet)
+    talker = next(s for s in out.committed() if s.speech_start_ms <= 1100 < s.speech_end_ms)
+    assert abs(talker.speech_end_ms - speech_end) <= 100
+    # committed at the turn end, not held open by the babble
+    assert out.committed_at[talker.id] <= speech_end + TurnSettings().turn_end_ms + 100

@@ -650,7 +650,9 @@ class _SessionRunner:
         if not self.segment:
             return "", []
         pcm = np.concatenate(self.segment)
-        words = detect_words(pcm, sample_rate=self.sample_rate)
+        words = detect_words(
+            pcm, sample_rate=self.sample_rate, require_key=self.emulator.transcriber == "tones"
+        )
         return transcript_text(words, self.emulator.transcriber), words
 
     def _commit(self) -> None:
