@@ -84,7 +84,7 @@ def test_demo_prints_the_sample_call_turn_by_turn_and_a_summary() -> None:
     assert ai_at > summary_at
     assert lines[ai_at].startswith("AI summary by callbridge-emulated-llm (1 request(s), ")
     ai = dict(line.strip().split(": ", 1) for line in lines[ai_at + 1 : ai_at + 4])
-    assert ai["Gist"].startswith("[emulated] 10 lines")
+    assert ai["Gist"].startswith(f"[emulated] {len(segments)} lines")  # one per segment
     assert ai["Reason"].startswith("[emulated] caller said:")
     assert ai["Outcome"].startswith(("resolved", "unresolved", "escalated", "follow_up"))
     assert any(line.startswith("  Sentiment: caller ") for line in lines[ai_at:])
