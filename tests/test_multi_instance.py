@@ -168,3 +168,74 @@ async def test_calls_spread_over_two_instances_and_every_event_arrives_once_in_o
                         segments = (await response.json())["segments"]
                     heard = " ".join(segment["text"] for segment in segments).split()
                     assert heard == spoken, (instance.name, call_sid, segments)
+
+
+async def read_sse(
+    response: aiohttp.ClientResponse, arrived: list[tuple[float, dict[str, str]]]
+) -> None:
+    """Parse an event stream into ``arrived`` ((arrival time, fields)) until it ends."""
+    fields: dict[str, str] = {}
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if not line:
+            if "data" in fields:
+                arrived.append((asyncio.get_running_loop().time(), fields))
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            fields[name] = fields[name] + "\n" + value if name in fields else value
+
+
+async def test_a_call_streams_live_from_the_instance_that_does_not_hold_it(
+    tmp_path: Path,
+) -> None:
+    async with running_cluster(
+        tmp_path, extra_env={"CALLBRIDGE_API_EVENTS_POLL_S": "0.2"}
+    ) as cluster:
+        holder, other = cluster.instances
+        lb = cluster.balancer
+        call_sid = new_call_sid()
+        async with lb.session() as http:
+            twiml = await post_voice(
+                http, lb.public_url, lb.public_url, AUTH_TOKEN, call_sid, "+15550100", "+15550199"
+            )
+        sim = TwilioCallSimulator(
+            f"ws://{holder.ip}:{holder.port}/twilio/media",
+            auth_token=AUTH_TOKEN,
+            public_url=lb.public_url,
+            call_sid=call_sid,
+            custom_parameters=stream_parameters(twiml),
+        )
+        audio = track(4600, [(300, [500]), (1700, [510]), (3100, [520])], 0)
+        await sim.connect()
+        await sim.send_start(("inbound",))
+        feeding = asyncio.create_task(sim.send_frames(audio, speed=1.0))
+        arrived: list[tuple[float, dict[str, str]]] = []
+        async with aiohttp.ClientSession(headers=AUTH) as api:
+            for _ in range(100):  # the call is stored once its stream has started
+                async with api.get(f"{other.base_url}/v1/calls/{call_sid}") as response:
+                    if response.status == 200:
+                        break
+                await asyncio.sleep(0.05)
+            url = f"{other.base_url}/v1/calls/{call_sid}/events"
+            async with api.get(url, timeout=aiohttp.ClientTimeout(total=30)) as response:
+                assert response.status == 200
+                assert response.content_type == "text/event-stream"
+                reading = asyncio.create_task(read_sse(response, arrived))
+                await feeding
+                stop_sent_at = asyncio.get_running_loop().time()
+                await sim.send_stop()
+                await sim.close()
+                await asyncio.wait_for(reading, 20)  # ends by itself after call.ended
+
+        assert holder.calls_started() == {call_sid} and not other.calls_started()
+        kinds = [fields.get("event") for _, fields in arrived]
+        assert kinds == ["call.started", *["transcript.committed"] * 3, "call.ended"], kinds
+        # Live: the segments came from the other instance while the call was still talking.
+        live = [at for at, fields in arrived if fields["event"] == "transcript.committed"]
+        assert live[1] < stop_sent_at, (live, stop_sent_at)
+        # The stream carries the webhook events themselves: same ids, same bytes, same order.
+        received = await cluster.receivers[0].wait_for(5, timeout=10)
+        assert [fields["id"] for _, fields in arrived] == [r.webhook_id for r in received]
+        assert [fields["data"].encode() for _, fields in arrived] == [r.body for r in received]
