@@ -30,6 +30,7 @@ class EndReason(enum.StrEnum):
     COMPLETED = "completed"  # a `completed` status callback arrived first
     SHUTDOWN = "shutdown"  # the bridge was asked to stop (SIGTERM)
     ERROR = "error"  # the stream broke (protocol error, fatal Scribe error)
+    BRIDGE_LOST = "bridge_lost"  # the process holding the call died; ended by another
 
 
 def utc_now() -> datetime:

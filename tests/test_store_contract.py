@@ -392,6 +392,85 @@ async def test_concurrent_claims_across_connections_give_one_owner(
         assert (await stream_lease(backend, f"CA{i % 5}"))[0] == f"host:{i}:x"
 
 
+async def test_a_lost_owners_live_calls_are_taken_over_once_their_lease_expired(
+    store: DurableStore, backend: Backend
+) -> None:
+    clock = backend.clock
+    for sid in ("CA-lost", "CA-renewed", "CA-ringing", "CA-mine", "CA-ended"):
+        owner = "host:9:me" if sid == "CA-mine" else "host:1:a"
+        assert await store.claim_stream(sid, owner, 30) == StreamClaim.CLAIMED
+        if sid != "CA-ringing":  # claimed, its start never stored
+            await store.call_started(call_info(sid), [call_started_event(call_info(sid))])
+    await store.segment_committed(segment("CA-lost", 1), [])
+    await store.call_ended(ended("CA-ended", 0), {}, [])
+    assert await store.stream_lease_expiry("CA-lost") == T0 + timedelta(seconds=30)
+    assert await store.stream_lease_expiry("CA-ended") is None  # ending released it
+
+    clock.advance(29)
+    assert await store.take_over_lost_streams("host:9:me", 30, 10) == []  # not expired yet
+    assert await store.renew_stream_claims("host:1:a", ["CA-renewed"], 30) == {"CA-renewed"}
+    assert await store.renew_stream_claims("host:9:me", ["CA-mine"], 30) == {"CA-mine"}
+    clock.advance(2)
+    taken = await store.take_over_lost_streams("host:9:me", 30, 10)
+    # Only the live call of another owner whose lease ran out; not its own, not a ringing
+    # claim, not a renewed one, not an ended call.
+    assert [(t.call.call_sid, t.previous_owner) for t in taken] == [("CA-lost", "host:1:a")]
+    assert taken[0].lease_expired_at == T0 + timedelta(seconds=30)
+    assert taken[0].call.status == CallStatus.LIVE and taken[0].call.segments == 1
+    assert await stream_lease(backend, "CA-lost") == (
+        "host:9:me",
+        clock.now + timedelta(seconds=30),
+    )
+    # Taken once: another survivor finds nothing; the lost owner's heartbeat learns it lost it.
+    assert await store.take_over_lost_streams("host:7:other", 30, 10) == []
+    assert await store.renew_stream_claims("host:1:a", ["CA-lost"], 30) == set()
+    # The survivor's end releases the claim and is final.
+    await store.call_ended(ended("CA-lost", 1), {}, [])
+    assert await stream_lease(backend, "CA-lost") == (None, None)
+    clock.advance(120)  # never its own calls: those its heartbeat renews
+    taken = await store.take_over_lost_streams("host:9:me", 30, 10)
+    assert [t.call.call_sid for t in taken] == ["CA-renewed"]
+    taken = await store.take_over_lost_streams("host:7:other", 30, 10)
+    assert [t.call.call_sid for t in taken] == ["CA-mine"]
+
+
+async def test_concurrent_take_overs_give_each_lost_call_to_one_survivor(
+    store: DurableStore, backend: Backend
+) -> None:
+    for i in range(12):
+        sid = f"CA{i}"
+        assert await store.claim_stream(sid, "host:1:dead", 30) == StreamClaim.CLAIMED
+        await store.call_started(call_info(sid), [])
+    backend.clock.advance(31)
+    second = backend.store()
+    await second.open()
+    try:
+        batches = await asyncio.gather(
+            *(
+                (store if i % 2 else second).take_over_lost_streams(f"host:{i}:x", 30, 5)
+                for i in range(6)
+            )
+        )
+    finally:
+        await second.close()
+    taken = [t.call.call_sid for batch in batches for t in batch]
+    assert sorted(taken) == sorted(f"CA{i}" for i in range(12))  # each exactly once
+
+
+async def test_calls_ended_by_twilio_are_those_of_the_owner_with_a_final_status(
+    store: DurableStore,
+) -> None:
+    for sid, owner in (("CA1", "host:1:a"), ("CA2", "host:1:a"), ("CA3", "host:2:b")):
+        assert await store.claim_stream(sid, owner, 30) == StreamClaim.CLAIMED
+        await store.call_started(call_info(sid), [])
+    await store.twilio_status("CA1", "completed", 42)
+    await store.twilio_status("CA2", "in-progress", None)
+    await store.twilio_status("CA3", "completed", 7)
+    assert await store.calls_ended_by_twilio("host:1:a") == {"CA1"}
+    assert await store.calls_ended_by_twilio("host:2:b") == {"CA3"}
+    assert await store.calls_ended_by_twilio("host:3:c") == set()
+
+
 async def test_every_event_gets_one_delivery_per_target(store: DurableStore) -> None:
     await run_call(store, "CA1", segments=3)
     counts = await store.delivery_counts()

@@ -100,6 +100,15 @@ class CallRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class LostStream:
+    """A live call taken over from an owner that stopped renewing its lease."""
+
+    call: CallRecord
+    previous_owner: str
+    lease_expired_at: datetime  # when the previous owner's lease ran out
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxEvent:
     """A webhook event as stored: ``body`` is the exact JSON that is POSTed and signed."""
 
@@ -188,6 +197,21 @@ class Store(Protocol):
 
     async def release_stream(self, call_sid: str, owner: str) -> None:
         """Give up ``owner``'s lease on ``call_sid`` (nothing if it holds none)."""
+
+    async def take_over_lost_streams(
+        self, owner: str, lease_s: float, limit: int
+    ) -> list[LostStream]:
+        """Claim for ``owner``, for ``lease_s``, up to ``limit`` live calls whose lease,
+        held by another owner, has expired (that process stopped renewing: it is gone). One
+        atomic statement per backend, so two processes never take the same call."""
+
+    async def stream_lease_expiry(self, call_sid: str) -> datetime | None:
+        """When the lease on the call's live stream runs out; None if no process holds
+        one (never started, ended, or released)."""
+
+    async def calls_ended_by_twilio(self, owner: str) -> set[str]:
+        """The calls whose stream ``owner`` holds and for which a final Twilio call status
+        has been recorded, by whichever process received the callback."""
 
     async def get_call(self, call_sid: str) -> CallRecord | None: ...
 

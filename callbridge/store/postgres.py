@@ -31,6 +31,7 @@ from callbridge.store.base import (
     DeliveryCounts,
     DeliveryStatus,
     EventsStored,
+    LostStream,
     OutboxEvent,
     StoredEvent,
     StoreError,
@@ -532,6 +533,49 @@ class PostgresStore:
                 call_sid,
                 owner,
             )
+
+    async def take_over_lost_streams(
+        self, owner: str, lease_s: float, limit: int
+    ) -> list[LostStream]:
+        now = self._clock()
+        columns = ", ".join(f"c.{name.strip()}" for name in CALL_COLUMNS.split(","))
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "WITH lost AS (SELECT call_sid, stream_owner, stream_lease_expires_at FROM calls "
+                "WHERE stream_owner IS NOT NULL AND stream_owner <> $1 "
+                "AND stream_lease_expires_at <= $2 AND status = 'live' "
+                "ORDER BY stream_lease_expires_at LIMIT $4 FOR UPDATE SKIP LOCKED) "
+                "UPDATE calls c SET stream_owner = $1, stream_lease_expires_at = $3 FROM lost "
+                f"WHERE c.call_sid = lost.call_sid RETURNING {columns}, "
+                "lost.stream_owner AS previous_owner, lost.stream_lease_expires_at AS expired_at",
+                owner,
+                now,
+                now + timedelta(seconds=lease_s),
+                max(0, limit),
+            )
+        return [
+            LostStream(call_record(row, _as_is, _as_is), row["previous_owner"], row["expired_at"])
+            for row in rows
+        ]
+
+    async def stream_lease_expiry(self, call_sid: str) -> datetime | None:
+        async with self._connection() as conn:
+            expiry: datetime | None = await conn.fetchval(
+                "SELECT stream_lease_expires_at FROM calls WHERE call_sid = $1 "
+                "AND stream_owner IS NOT NULL AND status <> 'ended'",
+                call_sid,
+            )
+        return expiry
+
+    async def calls_ended_by_twilio(self, owner: str) -> set[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT call_sid FROM calls WHERE stream_owner = $1 "
+                "AND twilio_status = ANY($2::text[])",
+                owner,
+                _FINAL_STATUSES,
+            )
+        return {row[0] for row in rows}
 
     async def get_call(self, call_sid: str) -> CallRecord | None:
         async with self._connection() as conn:

@@ -32,6 +32,7 @@ from callbridge.store.base import (
     DeliveryCounts,
     DeliveryStatus,
     EventsStored,
+    LostStream,
     OutboxEvent,
     StoredEvent,
     StoreError,
@@ -556,6 +557,59 @@ class SqliteStore:
             )
 
         await self._write(work)
+
+    async def take_over_lost_streams(
+        self, owner: str, lease_s: float, limit: int
+    ) -> list[LostStream]:
+        now = self._now_us()
+        expires = now + int(lease_s * 1_000_000)
+
+        def work(conn: sqlite3.Connection) -> list[LostStream]:
+            lost = conn.execute(
+                f"SELECT {CALL_COLUMNS}, stream_owner, stream_lease_expires_at FROM calls "
+                "WHERE stream_owner IS NOT NULL "
+                "AND stream_owner <> ? AND stream_lease_expires_at <= ? AND status = 'live' "
+                "ORDER BY stream_lease_expires_at LIMIT ?",
+                (owner, now, max(0, limit)),
+            ).fetchall()
+            for row in lost:
+                conn.execute(
+                    "UPDATE calls SET stream_owner = ?, stream_lease_expires_at = ? "
+                    "WHERE call_sid = ?",
+                    (owner, expires, row["call_sid"]),
+                )
+            return [
+                LostStream(
+                    call_record(row, json.loads, from_micros),
+                    row["stream_owner"],
+                    from_micros(row["stream_lease_expires_at"]),
+                )
+                for row in lost
+            ]
+
+        return await self._write(work)
+
+    async def stream_lease_expiry(self, call_sid: str) -> datetime | None:
+        def work(conn: sqlite3.Connection) -> datetime | None:
+            row = conn.execute(
+                "SELECT stream_lease_expires_at FROM calls WHERE call_sid = ? "
+                "AND stream_owner IS NOT NULL AND status <> 'ended'",
+                (call_sid,),
+            ).fetchone()
+            return None if row is None else from_micros(row[0])
+
+        return await self._run(work)
+
+    async def calls_ended_by_twilio(self, owner: str) -> set[str]:
+        def work(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(
+                "SELECT call_sid FROM calls WHERE stream_owner = ? "
+                f"AND twilio_status IN ({_FINAL_STATUSES_SQL})",
+                (owner,),
+            ).fetchall()
+            return {row[0] for row in rows}
+
+        return await self._run(work)
 
     async def get_call(self, call_sid: str) -> CallRecord | None:
         def work(conn: sqlite3.Connection) -> CallRecord | None:
