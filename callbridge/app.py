@@ -24,12 +24,13 @@ from aiohttp import web
 from callbridge.ai_summary.job import with_ai_pending
 from callbridge.ai_summary.setup import setup_ai_summary
 from callbridge.api.routes import setup_api
-from callbridge.bridge import REGISTRY, setup_bridge_routes, supervise_live_calls
+from callbridge.bridge import CLAIMS, REGISTRY, setup_bridge_routes, supervise_live_calls
 from callbridge.config import Settings, redacted, with_stream_secret
-from callbridge.context import AFTER_CALL, EVENT_WRITERS, JOBS, SETTINGS, SINK, STORE
+from callbridge.context import AFTER_CALL, EVENT_WRITERS, JOBS, LOST_CALLS, SETTINGS, SINK, STORE
 from callbridge.event_journal import replay_journals
 from callbridge.event_writer import EventWriters, WriterSettings
 from callbridge.jobs.runner import JobRunner
+from callbridge.lost_calls import LostCallReaper
 from callbridge.models import EndReason, utc_now
 from callbridge.sink import CallEventSink, FanOutSink, LoggingSink
 from callbridge.store.factory import open_store
@@ -91,11 +92,27 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
         setup_ai_summary(app, notify=dispatcher.notify)
     app.cleanup_ctx.append(_store_and_dispatcher)
     app.cleanup_ctx.append(supervise_live_calls)  # needs the store open; stops before it closes
+    app.cleanup_ctx.append(_reap_lost_calls)
     app.on_shutdown.append(_end_live_calls)  # first: event streams see the calls end
     setup_twilio_routes(app)
     setup_bridge_routes(app, StreamClaims(store, settings.server.stream_lease_s))
     setup_api(app)
     return app
+
+
+async def _reap_lost_calls(app: web.Application) -> AsyncIterator[None]:
+    """Ends the calls of processes that are gone (:mod:`callbridge.lost_calls`)."""
+    claims = app[CLAIMS]
+    reaper = LostCallReaper(
+        app[STORE], app[SINK], app[REGISTRY], owner=claims.owner, lease_s=claims.lease_s
+    )
+    app[LOST_CALLS] = reaper
+    task = asyncio.create_task(reaper.run(), name="lost-call-reaper")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _store_and_dispatcher(app: web.Application) -> AsyncIterator[None]:

@@ -24,10 +24,19 @@ class LiveCalls(Protocol):
         """Finish a live call (commit its last turn, await its transcript); False if unknown."""
 
 
+class LostCallWatch(Protocol):
+    """Ends calls whose process is gone (:class:`callbridge.lost_calls.LostCallReaper`)."""
+
+    def watch(self, call_sid: str) -> None:
+        """Twilio says the call is over and it is not live here: look again as soon as
+        the lease of the process holding it runs out."""
+
+
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", DurableStore)
 LIVE_CALLS = web.AppKey("live_calls", LiveCalls)
 SINK = web.AppKey("sink", CallEventSink)
+LOST_CALLS = web.AppKey("lost_calls", LostCallWatch)
 EVENT_WRITERS = web.AppKey("event_writers", EventWriters)
 # The background-job runner; features register their job kinds on it in create_app.
 JOBS = web.AppKey("jobs", JobRunner)

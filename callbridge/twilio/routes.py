@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from callbridge.context import LIVE_CALLS, SETTINGS, STORE
+from callbridge.context import LIVE_CALLS, LOST_CALLS, SETTINGS, STORE
 from callbridge.http_errors import json_error
 from callbridge.models import EndReason
 from callbridge.store.base import FINAL_TWILIO_STATUSES
@@ -166,6 +166,12 @@ async def status_callback(request: web.Request) -> web.Response:
         await app[STORE].twilio_status(call_sid, call_status, duration_s)
     except Exception:
         bound.exception("twilio_status_store_failed", call_status=call_status)
+    else:
+        live_calls, lost_calls = app.get(LIVE_CALLS), app.get(LOST_CALLS)
+        live_here = live_calls is not None and live_calls.is_live(call_sid)
+        if call_status in FINAL_TWILIO_STATUSES and lost_calls is not None and not live_here:
+            # Live in another process, or in one that is gone: see lost_calls.
+            lost_calls.watch(call_sid)
     return web.Response(status=204)
 
 
