@@ -43,13 +43,7 @@ async def place_call(
     lb = cluster.balancer
     call_sid, account_sid = new_call_sid(), new_account_sid()
     twiml = await post_voice(
-        http,
-        lb.public_url,
-        lb.public_url,
-        AUTH_TOKEN,
-        call_sid,
-        "+15550100",
-        "+15550199",
+        *(http, lb.public_url, lb.public_url, AUTH_TOKEN, call_sid, "+15550100", "+15550199"),
         account_sid=account_sid,
     )
     base = 400 + 50 * index
@@ -60,7 +54,7 @@ async def place_call(
         public_url=lb.public_url,
         call_sid=call_sid,
         account_sid=account_sid,
-        custom_parameters=stream_parameters(twiml),  # the TwiML's cb_token among them
+        custom_parameters=stream_parameters(twiml),
         session=http,
     )
     await sim.run(inbound=audio, speed=speed)
@@ -195,16 +189,18 @@ async def test_a_call_streams_live_from_the_instance_that_does_not_hold_it(
     ) as cluster:
         holder, other = cluster.instances
         lb = cluster.balancer
-        call_sid = new_call_sid()
+        call_sid, account_sid = new_call_sid(), new_account_sid()
         async with lb.session() as http:
             twiml = await post_voice(
-                http, lb.public_url, lb.public_url, AUTH_TOKEN, call_sid, "+15550100", "+15550199"
+                *(http, lb.public_url, lb.public_url, AUTH_TOKEN, call_sid, "+1555", "+1556"),
+                account_sid=account_sid,
             )
         sim = TwilioCallSimulator(
             f"ws://{holder.ip}:{holder.port}/twilio/media",
             auth_token=AUTH_TOKEN,
             public_url=lb.public_url,
             call_sid=call_sid,
+            account_sid=account_sid,
             custom_parameters=stream_parameters(twiml),
         )
         audio = track(4600, [(300, [500]), (1700, [510]), (3100, [520])], 0)
