@@ -5,6 +5,7 @@ once per target and in order, and either instance serves every call."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -184,8 +185,14 @@ async def read_sse(
 async def test_a_call_streams_live_from_the_instance_that_does_not_hold_it(
     tmp_path: Path,
 ) -> None:
+    """… and Twilio's `completed` callback, reaching that other instance, ends the call
+    where it lives (at the holder's next sweep: a third of the 1.5 s lease here)."""
     async with running_cluster(
-        tmp_path, extra_env={"CALLBRIDGE_API_EVENTS_POLL_S": "0.2"}
+        tmp_path,
+        extra_env={
+            "CALLBRIDGE_API_EVENTS_POLL_S": "0.2",
+            "CALLBRIDGE_SERVER_STREAM_LEASE_S": "1.5",
+        },
     ) as cluster:
         holder, other = cluster.instances
         lb = cluster.balancer
@@ -220,17 +227,27 @@ async def test_a_call_streams_live_from_the_instance_that_does_not_hold_it(
                 assert response.content_type == "text/event-stream"
                 reading = asyncio.create_task(read_sse(response, arrived))
                 await feeding
-                stop_sent_at = asyncio.get_running_loop().time()
-                await sim.send_stop()
-                await sim.close()
+                over_at = asyncio.get_running_loop().time()
+                async with lb.session() as http:
+                    status = await post_status(
+                        *(http, other.base_url, lb.public_url, AUTH_TOKEN, call_sid),
+                        duration_s=5,
+                        account_sid=account_sid,
+                    )
+                assert status == 204
+                assert await sim.wait_closed(5.0)  # the holder ended the call and its socket
                 await asyncio.wait_for(reading, 20)  # ends by itself after call.ended
+                await sim.close()
 
         assert holder.calls_started() == {call_sid} and not other.calls_started()
         kinds = [fields.get("event") for _, fields in arrived]
         assert kinds == ["call.started", *["transcript.committed"] * 3, "call.ended"], kinds
         # Live: the segments came from the other instance while the call was still talking.
         live = [at for at, fields in arrived if fields["event"] == "transcript.committed"]
-        assert live[1] < stop_sent_at, (live, stop_sent_at)
+        assert live[1] < over_at, (live, over_at)
+        ended = json.loads(arrived[-1][1]["data"])["data"]
+        assert ended["reason"] == "completed"
+        assert arrived[-1][0] - over_at < 3.0
         # The stream carries the webhook events themselves: same ids, same bytes, same order.
         received = await cluster.receivers[0].wait_for(5, timeout=10)
         assert [fields["id"] for _, fields in arrived] == [r.webhook_id for r in received]
