@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import load
-from scaling import capacity, keeps_up
+from scaling import capacity, ramp
 
 from callbridge import event_loop
 
@@ -131,28 +131,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         workdir = Path(args.keep) if args.keep else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         for database, instances in args.configs:
-            for per_instance in args.per_instance:
-                n = instances * per_instance
-                load_args = load.parse_args(
-                    [
-                        "--calls", str(n), "--duration", str(args.duration),
-                        "--stagger", str(args.stagger), "--systems", "bridge",
-                        "--instances", str(instances), "--worker-cpu", str(args.instance_cpu),
-                        "--database", args.database if database == "postgres" else "sqlite",
-                    ]
-                )  # fmt: skip
-                print(f"{database}, {instances} instance(s), {n} calls …", flush=True)
-                run_dir = workdir / f"{database}-{instances}"
-                run_dir.mkdir(exist_ok=True)
-                phase = load.Phase("bridge", n, load_args, conversation, run_dir)
-                result = await load.run_phase(phase)
-                ok, verdict = keeps_up(result, args.lag_ms)
-                step = {"database": database, "instances": instances, "calls": n}
-                step |= {"keeps_up": ok, "verdict": verdict, "result": result}
-                steps.append(step)
-                print(row(step), flush=True)
-                if not ok:
-                    break
+            run_dir = workdir / f"{database}-{instances}"
+            run_dir.mkdir(exist_ok=True)
+            load_argv = ["--duration", str(args.duration), "--stagger", str(args.stagger)]
+            load_argv += ["--instances", str(instances), "--worker-cpu", str(args.instance_cpu)]
+            load_argv += ["--database", args.database if database == "postgres" else "sqlite"]
+            loads = [instances * per_instance for per_instance in args.per_instance]
+            label = {"database": database, "instances": instances}
+            steps += await ramp(label, loads, load_argv, run_dir, conversation, args.lag_ms, row)
     return {
         "meta": {
             "command": shlex.join([Path(sys.executable).name, *sys.argv]),

@@ -28,7 +28,7 @@ import json
 import shlex
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,33 @@ def summary(steps: Sequence[dict[str, Any]], workers: Sequence[int], cap: float)
     return lines
 
 
+async def ramp(
+    label: dict[str, Any],
+    loads: Sequence[int],
+    load_argv: Sequence[str],
+    run_dir: Path,
+    conversation: load.Conversation,
+    lag_ms: float,
+    show: Callable[[dict[str, Any]], str],
+) -> list[dict[str, Any]]:
+    """Run the load benchmark (bridge only, its other arguments ``load_argv``) at each of
+    ``loads`` calls until a step does not keep up; the steps, each ``label`` plus ``calls``,
+    ``keeps_up``, ``verdict`` and ``result``."""
+    steps: list[dict[str, Any]] = []
+    for n in loads:
+        load_args = load.parse_args(["--calls", str(n), "--systems", "bridge", *load_argv])
+        print(", ".join(f"{v} {k}" for k, v in label.items()) + f", {n} calls …", flush=True)
+        phase = load.Phase("bridge", n, load_args, conversation, run_dir)
+        result = await load.run_phase(phase)
+        ok, verdict = keeps_up(result, lag_ms)
+        step = label | {"calls": n, "keeps_up": ok, "verdict": verdict, "result": result}
+        steps.append(step)
+        print(show(step), flush=True)
+        if not ok:
+            break
+    return steps
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     conversation = load.build_conversation()
     steps: list[dict[str, Any]] = []
@@ -133,27 +160,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         workdir = Path(args.keep) if args.keep else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         for workers in args.workers:
-            for per_worker in args.per_worker:
-                n = workers * per_worker
-                load_args = load.parse_args(
-                    [
-                        "--calls", str(n), "--duration", str(args.duration),
-                        "--stagger", str(args.stagger), "--systems", "bridge",
-                        "--workers", str(workers), "--worker-cpu", str(args.worker_cpu),
-                    ]
-                )  # fmt: skip
-                print(f"{workers} worker(s), {n} calls …", flush=True)
-                run_dir = workdir / f"w{workers}"
-                run_dir.mkdir(exist_ok=True)
-                phase = load.Phase("bridge", n, load_args, conversation, run_dir)
-                result = await load.run_phase(phase)
-                ok, verdict = keeps_up(result, args.lag_ms)
-                step = {"workers": workers, "calls": n, "keeps_up": ok, "verdict": verdict}
-                step["result"] = result
-                steps.append(step)
-                print(row(step), flush=True)
-                if not ok:
-                    break
+            run_dir = workdir / f"w{workers}"
+            run_dir.mkdir(exist_ok=True)
+            load_argv = ["--duration", str(args.duration), "--stagger", str(args.stagger)]
+            load_argv += ["--workers", str(workers), "--worker-cpu", str(args.worker_cpu)]
+            loads = [workers * per_worker for per_worker in args.per_worker]
+            steps += await ramp(
+                {"workers": workers}, loads, load_argv, run_dir, conversation, args.lag_ms, row
+            )
     return {
         "meta": {
             "command": shlex.join([Path(sys.executable).name, *sys.argv]),

@@ -30,7 +30,7 @@ import asyncpg
 
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.webhook_receiver import WebhookReceiver
-from tests.bridge_harness import API_TOKEN, AUTH_TOKEN, STREAM_SECRET, free_port
+from tests.bridge_harness import API_TOKEN, AUTH_TOKEN, STREAM_SECRET
 from tests.test_serve_process import base_env
 from tests.testnet import HostNetwork, NetHost, host_network, reachable, skip_or_fail
 
@@ -181,9 +181,10 @@ def self_signed_certificate(directory: Path, ip: str) -> tuple[Path, ssl.SSLCont
 
 @dataclass
 class LoadBalancer:
-    """HAProxy with ``config/haproxy.cfg``, TLS terminated with a self-signed certificate."""
+    """HAProxy with ``config/haproxy.cfg`` on a host of its own, TLS terminated with a
+    self-signed certificate."""
 
-    ip: str
+    host: NetHost
     port: int
     backends: Sequence[str]
     workdir: Path
@@ -191,12 +192,16 @@ class LoadBalancer:
     client_ssl: ssl.SSLContext | None = None
 
     @property
+    def ip(self) -> str:
+        return self.host.ip
+
+    @property
     def public_url(self) -> str:
-        return f"https://{self.ip}:{self.port}"
+        return f"https://{self.ip}" + ("" if self.port == 443 else f":{self.port}")
 
     @property
     def ws_url(self) -> str:
-        return f"wss://{self.ip}:{self.port}/twilio/media"
+        return self.public_url.replace("https://", "wss://") + "/twilio/media"
 
     def start(self) -> None:
         bundle, self.client_ssl = self_signed_certificate(self.workdir / "tls", self.ip)
@@ -212,7 +217,7 @@ class LoadBalancer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.workdir / "haproxy.log", "ab") as log:
             self.proc = subprocess.Popen(
-                ["haproxy", "-db", "-f", str(HAPROXY_CONFIG)],
+                self.host.command(["haproxy", "-db", "-f", str(HAPROXY_CONFIG)]),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -291,8 +296,10 @@ async def running_cluster(
     targets: int = 1,
     extra_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Cluster]:
-    """``instances`` serve processes in namespaces, behind HAProxy, on a fresh schema."""
-    with _network(instances) as net:
+    """``instances`` serve processes in namespaces, behind HAProxy in one more, on a fresh
+    schema."""
+    with _network(instances + 1) as net:
+        *hosts, balancer_host = net.hosts
         if not await asyncio.to_thread(reachable, net.host_ip, 5432):
             skip_or_fail(
                 f"PostgreSQL does not accept connections on {net.host_ip}:5432 "
@@ -311,9 +318,9 @@ async def running_cluster(
                 for i in range(targets)
             ]
             balancer = LoadBalancer(
-                net.host_ip,
-                free_port(),
-                [f"{host.ip}:{INSTANCE_PORT}" for host in net.hosts],
+                balancer_host,
+                443,
+                [f"{host.ip}:{INSTANCE_PORT}" for host in hosts],
                 tmp_path / "haproxy",
             )
             members = [
@@ -333,7 +340,7 @@ async def running_cluster(
                         extra=extra_env or {},
                     ),
                 )
-                for index, host in enumerate(net.hosts)
+                for index, host in enumerate(hosts)
             ]
             stack.callback(balancer.stop)
             for member in members:
