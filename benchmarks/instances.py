@@ -79,8 +79,14 @@ def summary(
         calls, bounded = capacity(ramp)
         found[(database, instances)] = calls, bounded
         at = next((s for s in ramp if s["calls"] == calls), None)
+        past = next((s for s in ramp if not s["keeps_up"]), None)
         text = f"{database}, {instances} instance{'s' if instances > 1 else ''}: "
         text += f"{'' if bounded else '≥ '}{calls or 0} calls at {cap:g} of a core each"
+        if past is not None:
+            # Whether the instances ran out of their cap, or the machine ran out of cores.
+            used = "/".join(f"{v:.0f}" for v in past["result"]["worker_cpu_percent"])
+            busy = past["result"]["cpu_percent"]["machine"]
+            text += f" (next step: instances at {used}% of a core, machine {busy:.0f}% busy)"
         if at is not None:
             result = at["result"]
             hook = (result.get("commit_to_webhook_ms") or {}).get("p99")
@@ -106,19 +112,19 @@ def summary(
     sqlite = found.get(("sqlite", 1))
     if sqlite and one:
         ratio("postgres ÷ sqlite, one instance", one, sqlite)
-    pg_costs = [
+    pg_costs = sorted(
         backend_ms_per_call_s(s["result"])
         for s in steps
         if s["keeps_up"] and s["result"].get("postgres_cpu")
-    ]
+    )
     if pg_costs and one and one[0]:
-        worst = max(pg_costs)
-        per_core = 1000 / worst if worst > 0 else float("inf")
+        median = pg_costs[len(pg_costs) // 2]
         per_instance_core = one[0] / cap
         lines.append(
-            f"PostgreSQL backends: {min(pg_costs):.3f}-{worst:.3f} ms of CPU per call-second "
-            f"(steps that kept up): one PostgreSQL core ≈ {per_core:.0f} calls, "
-            f"≈ {per_core / per_instance_core:.1f} instances of one core each "
+            f"PostgreSQL backends: {pg_costs[0]:.3f}-{pg_costs[-1]:.3f} ms of CPU per "
+            f"call-second, median {median:.3f} (steps that kept up): one PostgreSQL core ≈ "
+            f"{1000 / median:.0f} calls ({1000 / pg_costs[-1]:.0f} at the highest), ≈ "
+            f"{1000 / median / per_instance_core:.1f} instances of one core each "
             f"({per_instance_core:.0f} calls per instance core, scaled from {cap:g})"
         )
     return lines
