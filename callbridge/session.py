@@ -53,20 +53,35 @@ class StreamDescription:
     custom_parameters: Mapping[str, str]  # the caller's own; the bridge's (cb_*) taken out
 
 
-class TrackClock:
-    """Places one track's frames on the stream clock and fills timestamp gaps with silence."""
+# The most silence one timestamp gap is filled with. A gap is audio that never came:
+# Twilio's delivery jitter (up to ~233 ms) never shows in the timestamps, so a gap is audio
+# Twilio dropped (31930, congestion) or a track that stopped sending during silence, which
+# Twilio may do. Either way there is nothing in it to transcribe. One second of silence
+# ends any turn the gap interrupted (hangover and turn end are 840 ms), as real silence
+# would; the rest of a longer gap is counted (``skipped_ms``) and not filled: the track's
+# clock jumps with Twilio's timestamps. Filling it all would only send Scribe silence and
+# hold up what follows: a 12-hour jump was 2.16 million frames of it. It is not a protocol
+# error either: a track that resumes after silence is a real call.
+GAP_FILL_LIMIT_MS = 1000
 
-    __slots__ = ("duplicates", "filled_ms", "next_ms")
+
+class TrackClock:
+    """Places one track's frames on the stream clock and fills timestamp gaps with silence
+    (at most :data:`GAP_FILL_LIMIT_MS` per gap)."""
+
+    __slots__ = ("duplicates", "filled_ms", "next_ms", "skipped_ms")
 
     def __init__(self) -> None:
         self.next_ms: int | None = None
         self.filled_ms = 0
+        self.skipped_ms = 0
         self.duplicates = 0
 
     def place(self, timestamp_ms: int, payload: bytes) -> tuple[int, int] | None:
         """Returns (fill_start_ms, fill_ms) for the silence owed before this frame, or None
         to drop a duplicate or late frame. The frame itself then starts at
-        ``fill_start_ms + fill_ms`` and :attr:`next_ms` moves past it."""
+        ``fill_start_ms + fill_ms`` and :attr:`next_ms` moves past it. Beyond the fill
+        limit, the fill is the gap's last :data:`GAP_FILL_LIMIT_MS`."""
         expected = self.next_ms
         if expected is None:
             expected = timestamp_ms
@@ -77,6 +92,10 @@ class TrackClock:
         fill = 0
         if gap >= FRAME_MS:
             fill = (gap + FRAME_MS // 2) // FRAME_MS * FRAME_MS  # whole frames only
+            if fill > GAP_FILL_LIMIT_MS:
+                self.skipped_ms += fill - GAP_FILL_LIMIT_MS
+                expected += fill - GAP_FILL_LIMIT_MS
+                fill = GAP_FILL_LIMIT_MS
             self.filled_ms += fill
         self.next_ms = expected + fill + len(payload) // BYTES_PER_MS
         return expected, fill
@@ -172,10 +191,9 @@ class CallSession:
             return
         start_ms, fill_ms = placed
         push = self._segmenter.push
-        while fill_ms > 0:
-            push(track, start_ms, silence(FRAME_MS))
-            start_ms += FRAME_MS
-            fill_ms -= FRAME_MS
+        if fill_ms:
+            push(track, start_ms, silence(fill_ms))  # one step, however long (bounded)
+            start_ms += fill_ms
         push(track, start_ms, payload)
         self.frames += 1
         end_ms = start_ms + len(payload) // BYTES_PER_MS
@@ -236,6 +254,7 @@ class CallSession:
                 degraded=degraded,
                 audio_lost_ms=lost_ms,
                 gap_filled_ms=sum(c.filled_ms for c in self._clocks.values()),
+                gap_skipped_ms=sum(c.skipped_ms for c in self._clocks.values()),
                 odd_payloads=sum(a.odd_payloads for a in self._aligners.values()),
                 empty_payloads=sum(a.empty_payloads for a in self._aligners.values()),
                 reconnects=self._transcriber.reconnects,

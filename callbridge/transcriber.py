@@ -34,6 +34,7 @@ from callbridge.scribe.options import ScribeOptions
 from callbridge.turns import PlannedSegment
 
 _TICK_S = 0.25  # how often the ticker looks: the longest a paused stream's tail waits
+_IDLE_BACKLOG_MS = 1000  # idle silence is not queued while this much audio waits to be sent
 
 SegmentCallback = Callable[[PlannedSegment, str, tuple[Word, ...], str | None], None]
 Connect = Callable[[ScribeOptions], Awaitable[ScribeConnection]]
@@ -144,8 +145,9 @@ class SegmentTranscriber:
             window = self._current = _Window()
             self._windows.append(window)
         if segment is None:
-            if self._connected:  # idle silence only keeps a live session warm
-                self._enqueue(_Chunk(data, window, -1), len(data))
+            # Idle silence only keeps a live session warm: none while audio waits to go.
+            if self._connected and self._outbox_ms < _IDLE_BACKLOG_MS:
+                self._enqueue_audio(data, window, -1)
             return
         if window.segment is None:
             window.segment = segment
@@ -154,7 +156,7 @@ class SegmentTranscriber:
         window.audio += data
         self._retained_ms += len(data) // BYTES_PER_MS
         if self._connected:  # otherwise the next connection replays it from the window
-            self._enqueue(_Chunk(data, window, offset), len(data))
+            self._enqueue_audio(data, window, offset)
         if self._retained_ms > self._settings.retain_limit_ms:
             self._drop_oldest_audio()
 
@@ -174,6 +176,17 @@ class SegmentTranscriber:
         if self._connected:
             self._outbox.append(_Commit(window))
         self._wakeup.set()
+
+    def _enqueue_audio(self, data: bytes, window: _Window, offset: int) -> None:
+        """Queue audio for the sender; more than a chunk (a gap's silence) goes in pieces of
+        a chunk, so that Scribe never gets an outsized chunk."""
+        step = self._settings.chunk_ms * BYTES_PER_MS
+        if len(data) <= step:
+            self._enqueue(_Chunk(data, window, offset), len(data))
+            return
+        for start in range(0, len(data), step):
+            piece = data[start : start + step]
+            self._enqueue(_Chunk(piece, window, offset + start if offset >= 0 else -1), len(piece))
 
     def _enqueue(self, chunk: _Chunk, size: int) -> None:
         self._outbox.append(chunk)
