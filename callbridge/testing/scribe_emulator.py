@@ -62,6 +62,7 @@ from websockets.http11 import Request, Response
 
 from callbridge import event_loop
 from callbridge.testing.speech import DetectedWord, Pcm16, detect_words, ulaw_to_pcm16
+from callbridge.testing.speech_script import SpeechScript, TimedToken
 
 REALTIME_PATH = "/v1/speech-to-text/realtime"
 MODEL_ID = "scribe_v2_realtime"
@@ -218,6 +219,8 @@ class ScribeEmulator:
         echo_audio_format: report this ``audio_format`` in ``session_started`` instead of
             the one in use (to test a client's echo check).
         partial_interval_ms: audio between partial transcripts (0 turns partials off).
+        script: scripted text for keyed utterances (see
+            :mod:`callbridge.testing.speech_script`).
 
     The timing and fault attributes are plain attributes: change them between sessions.
     """
@@ -239,6 +242,7 @@ class ScribeEmulator:
         echo_audio_format: str | None = None,
         partial_interval_ms: int = 500,
         default_language_code: str = "en",
+        script: SpeechScript | None = None,
     ) -> None:
         if transcriber not in ("duration", "tones"):
             raise ValueError(f"transcriber must be 'duration' or 'tones', not {transcriber!r}")
@@ -256,6 +260,7 @@ class ScribeEmulator:
         self.echo_audio_format = echo_audio_format
         self.partial_interval_ms = partial_interval_ms
         self.default_language_code = default_language_code
+        self.script = script
         self.sessions: list[EmulatedSession] = []
         self.connection_attempts = 0
         self._refusals: collections.deque[int] = collections.deque()
@@ -655,8 +660,22 @@ class _SessionRunner:
         )
         return transcript_text(words, self.emulator.transcriber), words
 
+    def _spoken(self, text: str, words: list[DetectedWord]) -> tuple[str, list[TimedToken]]:
+        """The transcript and its timed words, scripted where the script says so."""
+        transcriber = self.emulator.transcriber
+        script = self.emulator.script
+        if script is None:
+            return text, [
+                TimedToken(_word_text(w, transcriber), w.start_ms, w.end_ms) for w in words
+            ]
+        rendered = script.render(words, lambda w: _word_text(w, transcriber))
+        timed = [token for token, _ in rendered]
+        if any(utterance is not None for _, utterance in rendered):
+            text = " ".join(token.text for token in timed)
+        return text, timed
+
     def _commit(self) -> None:
-        text, words = self._recognise()
+        text, words = self._spoken(*self._recognise())
         delay = self.emulator.commit_delay_s
         self.session.committed.append(text)
         self.send({"message_type": "committed_transcript", "text": text}, delay)
@@ -669,7 +688,7 @@ class _SessionRunner:
                     "language_code": self.language_code or self.emulator.default_language_code,
                     "words": [
                         {
-                            "text": _word_text(word, self.emulator.transcriber),
+                            "text": word.text,
                             "start": round(offset_s + word.start_ms / 1000, 3),
                             "end": round(offset_s + word.end_ms / 1000, 3),
                             "type": "word",
@@ -694,7 +713,7 @@ class _SessionRunner:
         if self.audio_since_partial_ms < interval:
             return
         self.audio_since_partial_ms = 0.0
-        text, _ = self._recognise()
+        text, _ = self._spoken(*self._recognise())
         if text and text != self.last_partial:
             self.last_partial = text
             self.session.partials.append(text)
