@@ -25,9 +25,11 @@ from urllib.parse import urlsplit
 
 from callbridge.event_loop import CHOICES as EVENT_LOOPS
 from callbridge.event_loop import uvloop_available
+from callbridge.redaction.kinds import parse_kinds
 
 DEFAULT_CONFIG_PATH = Path("config/callbridge.toml")
 MIN_STREAM_SECRET_CHARS = 16
+MAX_REDACTION_HOLD_MS = 3000
 
 
 class ConfigError(Exception):
@@ -122,6 +124,12 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RedactionSettings:
+    kinds: tuple[str, ...] = ()  # CALLBRIDGE_REDACT: pci, ssn, dob
+    hold_ms: int = 2500
+
+
+@dataclass(frozen=True, slots=True)
 class JobSettings:
     poll_interval_s: float = 2.0
     keep_finished_s: float = 7 * 86400.0
@@ -181,6 +189,7 @@ class Settings:
     turns: TurnSettings = field(default_factory=TurnSettings)
     speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    redaction: RedactionSettings = field(default_factory=RedactionSettings)
     jobs: JobSettings = field(default_factory=JobSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     summary: SummarySettings = field(default_factory=SummarySettings)
@@ -200,6 +209,7 @@ ENV_ALIASES: Mapping[str, tuple[str, str]] = {
     "CALLBRIDGE_LANGUAGE": ("scribe", "language"),
     "CALLBRIDGE_INBOUND_LABEL": ("speakers", "inbound_label"),
     "CALLBRIDGE_OUTBOUND_LABEL": ("speakers", "outbound_label"),
+    "CALLBRIDGE_REDACT": ("redaction", "kinds"),
     "HOST": ("server", "host"),
     "PORT": ("server", "port"),
 }
@@ -416,6 +426,16 @@ def check_values(settings: Settings) -> None:
         raise ConfigError("CALLBRIDGE_API_EVENTS_BUFFER", "must be at least 1")
     if not 1 <= s.database.pool_size <= 1000:
         raise ConfigError("CALLBRIDGE_DATABASE_POOL_SIZE", "must be a whole number from 1 to 1000")
+    try:
+        parse_kinds(s.redaction.kinds)
+    except ValueError as exc:
+        raise ConfigError("CALLBRIDGE_REDACT", str(exc)) from None
+    if not 0 <= s.redaction.hold_ms <= MAX_REDACTION_HOLD_MS:
+        raise ConfigError(
+            "CALLBRIDGE_REDACTION_HOLD_MS",
+            f"must be from 0 to {MAX_REDACTION_HOLD_MS} (a segment must reach receivers "
+            "within 4 s of its speech)",
+        )
     if s.jobs.poll_interval_s <= 0:
         raise ConfigError("CALLBRIDGE_JOBS_POLL_INTERVAL_S", "must be more than 0")
     if s.logging.format not in {"auto", "json", "console"}:

@@ -6,10 +6,14 @@ places each frame on its track's clock (:class:`TrackClock` fills timestamp gaps
 silence), and hands it to the
 :class:`~callbridge.turns.TurnSegmenter`, which decides turns and feeds the
 :class:`~callbridge.transcriber.SegmentTranscriber`. No logging, tasks or I/O happen per
-frame. Transcripts come back as :class:`~callbridge.models.CommittedSegment` with gap-free
-sequence numbers (a transcript with empty text is not a segment: it is counted, not
-numbered) and leave through the call's :class:`~callbridge.event_writer.CallEventWriter`
-to its :class:`~callbridge.sink.CallEventSink`, in order, never dropped, in bounded memory.
+frame. Transcripts come back, are redacted (``CALLBRIDGE_REDACT``, see
+:mod:`callbridge.redaction`; a segment ending in a number that may go on waits a bounded
+time for the speaker's next one) *before* they get their gap-free sequence numbers (a
+transcript with empty text is not a segment: it is counted, not numbered), and leave as
+:class:`~callbridge.models.CommittedSegment` through the call's
+:class:`~callbridge.event_writer.CallEventWriter` to its :class:`~callbridge.sink.CallEventSink`,
+in order, never dropped, in bounded memory. Nothing downstream (store, journal, webhooks,
+API, logs) ever sees the text before redaction.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from callbridge.models import (
     Word,
     utc_now,
 )
+from callbridge.redaction import Redacted, Redactor, SegmentRedactionStage, parse_kinds
 from callbridge.scribe.connection import ScribeConnection
 from callbridge.scribe.options import ScribeOptions
 from callbridge.sink import CallEventSink
@@ -145,6 +150,13 @@ class CallSession:
         self._aligners = {track: FrameAligner() for track in stream.tracks}
         self._sequence = 0
         self._empty_transcripts = 0
+        kinds = parse_kinds(settings.redaction.kinds)
+        self._redaction: SegmentRedactionStage[tuple[PlannedSegment, str | None]] | None = (
+            SegmentRedactionStage(Redactor(kinds), settings.redaction.hold_ms / 1000.0)
+            if kinds
+            else None
+        )
+        self._redaction_timer: asyncio.TimerHandle | None = None
         if writers is None:
             writers = EventWriters(WriterSettings(journal_dir=Path(settings.database.journal_dir)))
         self._writers = writers
@@ -215,6 +227,7 @@ class CallSession:
                     self._place(track, self._clocks[track], start_ms, frame)
             self._segmenter.finish()
             await self._transcriber.drain(self._drain_timeout())
+            self._flush_redaction()
             degraded = self._transcriber.degraded
             lost_ms = self._segmenter.lost_ms + self._transcriber.lost_ms
             ended = CallEnded(
@@ -262,6 +275,8 @@ class CallSession:
             self._finished.set_result(ended)
             return ended
         except BaseException as exc:
+            if self._redaction_timer is not None:
+                self._redaction_timer.cancel()
             self._finished.set_exception(exc)
             if self._events is not None:
                 await self._events.stop()  # journals what it holds
@@ -286,6 +301,67 @@ class CallSession:
             # stored, not sent; counted for the call's figures.
             self._empty_transcripts += 1
             return
+        stage = self._redaction
+        if stage is None:
+            self._commit(segment, text, words, language_code)
+            return
+        now = asyncio.get_running_loop().time()
+        self._commit_redacted(
+            stage.push((segment, language_code), str(segment.track), text, words, now)
+        )
+
+    def _commit_redacted(
+        self, released: list[tuple[tuple[PlannedSegment, str | None], Redacted]]
+    ) -> None:
+        for (segment, language_code), redacted in released:
+            self._commit(segment, redacted.text, redacted.words, language_code)
+        self._schedule_redaction_expiry()
+
+    def _schedule_redaction_expiry(self) -> None:
+        """One timer per call, at the earliest hold's end (not per frame: per held segment)."""
+        stage = self._redaction
+        if self._redaction_timer is not None:
+            self._redaction_timer.cancel()
+            self._redaction_timer = None
+        deadline = stage.next_deadline if stage is not None else None
+        if deadline is not None:
+            self._redaction_timer = asyncio.get_running_loop().call_at(
+                deadline, self._expire_redaction
+            )
+
+    def _expire_redaction(self) -> None:
+        self._redaction_timer = None
+        if self._redaction is not None:
+            now = asyncio.get_running_loop().time()
+            self._commit_redacted(self._redaction.expire(now))
+
+    def _flush_redaction(self) -> None:
+        """At the call's end: every held segment leaves (redacted to be safe)."""
+        if self._redaction_timer is not None:
+            self._redaction_timer.cancel()
+            self._redaction_timer = None
+        if self._redaction is not None:
+            now = asyncio.get_running_loop().time()
+            for (segment, language_code), redacted in self._redaction.flush(now):
+                self._commit(segment, redacted.text, redacted.words, language_code)
+            stats = self._redaction.stats
+            if stats.found or stats.held:
+                self.log.info(
+                    "redaction.summary",
+                    found={str(kind): count for kind, count in stats.found.items()},
+                    held=stats.held,
+                    hold_expired=stats.expired,
+                    max_added_ms=round(stats.max_added_s * 1000),
+                )
+
+    def _commit(
+        self,
+        segment: PlannedSegment,
+        text: str,
+        words: tuple[Word, ...],
+        language_code: str | None,
+    ) -> None:
+        """Number the segment and send it on its way (text already redacted)."""
         self._sequence += 1
         committed = CommittedSegment(
             call_sid=self.stream.call_sid,

@@ -289,6 +289,13 @@ def test_a_segment_that_cannot_continue_a_card_is_not_held() -> None:
     assert s.stats.held == 0
 
 
+def test_the_expiry_read_right_after_a_card_in_the_next_segment_is_redacted() -> None:
+    s = stage()
+    assert push(s, "a", "caller", "it's 4111 1111", 0.0) == []
+    assert push(s, "b", "caller", "1111 1111", 1.0) == [("a", "it's [PCI]"), ("b", "[PCI]")]
+    assert push(s, "c", "caller", "12 27 and 737", 2.0) == [("c", "[PCI] and [PCI]")]
+
+
 def test_a_cvv_in_a_later_segment_follows_the_released_card() -> None:
     s = stage()
     assert push(s, "a", "caller", "4111 1111 1111 1111", 0.0) == [("a", "[PCI]")]

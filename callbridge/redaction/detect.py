@@ -7,10 +7,10 @@ Rules (each documented in the README's Redaction section):
   Visa 4, Discover and UnionPay 6) and passes the Luhn check. Amounts (``$``, ``dollars``,
   ``%``) never count. A 10-digit phone number, a 4-digit order number, a date or an amount
   is never a card.
-* **After a card** (or an earlier ``[PCI]`` marker), for the next 25 words: a run of 3–4
-  digits (the CVV, or an expiry such as ``12 27``), a month and year (``04/2027``,
-  ``April twenty twenty seven``). After ``CVV``/``CVC``/``security code``: the next run of
-  3–4 digits within 8 words.
+* **After a card**, within the next 15 words and before a word that starts another number
+  (``order``, ``phone``, ``account`` …): one expiry (``12/27``, ``04 2027``, ``April twenty
+  twenty seven``) and one CVV (a run of 3–4 digits, which ends what belongs to the card).
+  After ``CVV``/``CVC``/``security code``: the next run of 3–4 digits within 8 words.
 * **SSN (ssn)**: a valid SSN (area not 000, 666 or 9xx; group not 00; serial not 0000)
   written 3-2-4 (``123-45-6789``, ``123 45 6789``); or, within 12 words after ``social``,
   ``SSN`` or ``social security``, a valid 9-digit run, or a 4-digit run (the last four).
@@ -40,7 +40,7 @@ from callbridge.redaction.tokens import (
 
 CARD_DIGITS = range(13, 20)
 CARD_FIRST_DIGITS = frozenset("23456")
-CARD_CONTEXT_WORDS = 25
+CARD_CONTEXT_WORDS = 15
 CVV_KEYWORD_WORDS = 8
 SSN_CONTEXT_WORDS = 12
 DOB_CONTEXT_WORDS = 12
@@ -51,6 +51,25 @@ CVV_WORDS = frozenset({"cvv", "cvc", "cv2", "cvv2", "csc", "cid"})
 SSN_WORDS = frozenset({"ssn", "social"})
 DOB_WORDS = frozenset({"born", "birth", "birthday", "birthdate", "dob"})
 DATE_CONNECTORS = frozenset({"of", "the"})
+# Words that start a different number: what follows them is not the card's CVV or expiry.
+OTHER_NUMBER_WORDS = frozenset(
+    {
+        "order",
+        "reference",
+        "confirmation",
+        "ticket",
+        "account",
+        "phone",
+        "call",
+        "zip",
+        "postcode",
+        "extension",
+        "apartment",
+        "room",
+        "invoice",
+        "case",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,37 +184,78 @@ def _cards_and_what_follows(tokens: Sequence[Token], digit_runs: list[DigitRun])
         for index, token in enumerate(tokens)
         if token.kind is TokenKind.MARK and token.norm == RedactionKind.PCI.marker
     ]
-    in_card: set[int] = set()
+    # Runs left after taking the cards out: a card and its expiry read without a pause
+    # between them are one digit run, and the expiry is the part after the card.
+    run_at: dict[int, DigitRun] = {}
     for run in digit_runs:
         if run.amount:
             continue
+        rest_from = 0
         for first, last in _card_in(run):
             span = TokenSpan(RedactionKind.PCI, run.items[first].first, run.items[last].last)
             spans.append(span)
             card_ends.append(span.last)
-            in_card.update(range(span.first, span.last + 1))
-    windows = [(end, _words_after(tokens, end, CARD_CONTEXT_WORDS)) for end in card_ends]
+            if first > rest_from:
+                rest = DigitRun(run.items[rest_from:first], amount=False)
+                run_at[rest.first] = rest
+            rest_from = last + 1
+        if rest_from < len(run.items):
+            rest = DigitRun(run.items[rest_from:], amount=False)
+            run_at[rest.first] = rest
+    for end in card_ends:
+        spans += _after_card(tokens, digit_runs, run_at, end)
     for index, token in enumerate(tokens):
         if token.kind is TokenKind.WORD and (
             token.norm in CVV_WORDS or (token.norm == "security" and _next_word(tokens, index))
         ):
-            windows.append((index, _words_after(tokens, index, CVV_KEYWORD_WORDS)))
-    for run in digit_runs:
-        if run.amount or run.first in in_card:
+            stop = _words_after(tokens, index, CVV_KEYWORD_WORDS)
+            code = next(
+                (
+                    run
+                    for first, run in sorted(run_at.items())
+                    if index < first <= stop and len(run.digits) in (3, 4)
+                ),
+                None,
+            )
+            if code is not None:
+                spans.append(TokenSpan(RedactionKind.PCI, code.first, code.last))
+    return spans
+
+
+def _after_card(
+    tokens: Sequence[Token],
+    digit_runs: Sequence[DigitRun],
+    run_at: dict[int, DigitRun],
+    end: int,
+) -> list[TokenSpan]:
+    """The expiry and the CVV that follow a card (at most one of each, within
+    ``CARD_CONTEXT_WORDS`` words, and not past a word that starts another number)."""
+    spans: list[TokenSpan] = []
+    stop = _words_after(tokens, end, CARD_CONTEXT_WORDS)
+    expiry_found = False
+    k = end + 1
+    while k <= stop:
+        token = tokens[k]
+        if token.kind is TokenKind.WORD and token.norm in OTHER_NUMBER_WORDS:
+            break
+        run = run_at.get(k)
+        if run is not None:
+            if not expiry_found and _is_expiry(run):
+                expiry_found = True
+                spans.append(TokenSpan(RedactionKind.PCI, run.first, run.last))
+            elif len(run.digits) in (3, 4):
+                spans.append(TokenSpan(RedactionKind.PCI, run.first, run.last))
+                break  # the CVV ends what belongs to the card
+            k = run.last + 1
             continue
-        if not any(start < run.first <= stop for start, stop in windows):
-            continue
-        if len(run.digits) in (3, 4) or _is_expiry(run):
-            spans.append(TokenSpan(RedactionKind.PCI, run.first, run.last))
-    # month + year after a card: "April 2027", "April twenty twenty seven"
-    for index, token in enumerate(tokens):
-        if token.kind is not TokenKind.WORD or token.norm not in MONTHS:
-            continue
-        if not any(start < index <= stop for start, stop in windows):
-            continue
-        year = _run_starting_near(digit_runs, tokens, index)
-        if year is not None and len(year.digits) in (2, 4):
-            spans.append(TokenSpan(RedactionKind.PCI, index, year.last))
+        if not expiry_found and token.kind is TokenKind.WORD and token.norm in MONTHS:
+            year = _run_starting_near(digit_runs, tokens, k)
+            if year is not None and len(year.digits) in (2, 4):
+                expiry_found = True
+                spans.append(TokenSpan(RedactionKind.PCI, k, year.last))
+                k = year.last + 1
+                continue
+        k += 1
     return spans
 
 
@@ -207,12 +267,15 @@ def _next_word(tokens: Sequence[Token], index: int) -> bool:
 
 
 def _is_expiry(run: DigitRun) -> bool:
-    if len(run.items) != 2:
-        return False
-    month, year = run.items
-    return (
-        len(month.digits) in (1, 2) and 1 <= int(month.digits) <= 12 and len(year.digits) in (2, 4)
-    )
+    """``12/27``, ``4 2027``, ``oh four twenty six`` (0426), ``042027``."""
+    if len(run.items) == 2:
+        month, year = run.items
+        if len(month.digits) in (1, 2) and 1 <= int(month.digits) <= 12:
+            return len(year.digits) in (2, 4)
+    digits = run.digits
+    if len(digits) == 4:
+        return 1 <= int(digits[:2]) <= 12
+    return len(digits) == 6 and 1 <= int(digits[:2]) <= 12 and digits[2:4] == "20"
 
 
 def _run_starting_near(

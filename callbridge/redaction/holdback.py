@@ -2,14 +2,15 @@
 
 Callers read card numbers in groups with pauses, so the groups land in consecutive
 segments of the same speaker. :class:`SegmentRedactionStage` redacts each segment together
-with the same speaker's segments before it (the released ones as context, the held ones
-again) and holds back a segment that ends in a digit run that may go on (see
-:func:`callbridge.redaction.detect.detect`) until the speaker's next segment arrives, or
-at most ``hold_s``. Segments leave in the order they arrived (another speaker's segment
-waits behind a held one), so the transcript order and the sequence numbers given after
-this stage are the commit order. When a hold runs out, the segment leaves as redacted as
-what is known allows, an unfinished card-like number included (the fail-safe of
-:meth:`~callbridge.redaction.redactor.Redactor.redact`).
+with the same speaker's segments before it: the released ones as context (kept in memory
+only, as said, so a card found across a released segment still redacts the new part, and
+a CVV follows only a real card), the held ones again. It holds back a segment that ends in
+a digit run that may go on (see :func:`callbridge.redaction.detect.detect`) until the
+speaker's next segment arrives, or at most ``hold_s``. Segments leave in the order they
+arrived (another speaker's segment waits behind a held one), so the transcript order and
+the sequence numbers given after this stage are the commit order. When a hold runs out,
+the segment leaves as redacted as what is known allows, an unfinished card-like number
+included (the fail-safe of :meth:`~callbridge.redaction.redactor.Redactor.redact`).
 
 Time is whatever the caller passes (``now``): the call session uses its event loop's
 clock and schedules :meth:`SegmentRedactionStage.expire` at :attr:`next_deadline`.
@@ -134,12 +135,11 @@ class SegmentRedactionStage(Generic[T]):
         for entry in group[: upto + 1]:
             entry.held = False
             assert entry.redacted is not None
-            self._context_text[track] = _tail(
-                self._context_text.get(track, ""), entry.redacted.text
-            )
+            # The context is what the speaker said, unredacted: it never leaves this object
+            # (memory only, a few hundred characters per speaker, gone with the call).
+            self._context_text[track] = _tail(self._context_text.get(track, ""), entry.text)
             self._context_words[track] = _tail(
-                self._context_words.get(track, ""),
-                " ".join(word.text for word in entry.redacted.words),
+                self._context_words.get(track, ""), " ".join(word.text for word in entry.words)
             )
 
     def _release(self, now: float) -> list[tuple[T, Redacted]]:
