@@ -51,6 +51,7 @@ from callbridge.testing.twilio_simulator import TwilioCallSimulator
 from callbridge.testing.webhook_receiver import WebhookReceiver
 
 AUTH_TOKEN = "bench-auth-token"
+STREAM_SECRET = "bench-stream-secret-0123456789"
 SCRIPT = SpeechScript(
     {
         400: "hi I'd like to pay my bill",
@@ -103,7 +104,7 @@ def tracks() -> tuple[bytes, bytes]:
 def settings(port: int, scribe_url: str, hook: str, folder: Path, kinds: Sequence[str]) -> Settings:
     return Settings(
         server=ServerSettings(host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}"),
-        twilio=TwilioSettings(auth_token=AUTH_TOKEN),
+        twilio=TwilioSettings(auth_token=AUTH_TOKEN, stream_secret=STREAM_SECRET),
         scribe=ScribeSettings(api_key="bench-key", url=scribe_url),
         webhook=WebhookSettings(urls=(hook,)),
         api=ApiSettings(tokens=("bench",)),
@@ -116,7 +117,10 @@ def settings(port: int, scribe_url: str, hook: str, folder: Path, kinds: Sequenc
 
 async def one_call(base: str, inbound: bytes, outbound: bytes, speed: float) -> tuple[str, float]:
     sim = TwilioCallSimulator(
-        base.replace("http", "ws") + "/twilio/media", auth_token=AUTH_TOKEN, public_url=base
+        base.replace("http", "ws") + "/twilio/media",
+        auth_token=AUTH_TOKEN,
+        public_url=base,
+        stream_secret=STREAM_SECRET,
     )
     await sim.connect()
     await sim.send_start(("inbound", "outbound"))

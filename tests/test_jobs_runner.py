@@ -423,7 +423,7 @@ async def test_stop_interrupts_gives_the_lease_back_and_a_restart_resumes(
     first = harness.runner(JobKind("work", hang), owner="first")
     await first.start()
     await harness.enqueue(NewJob("work", "CA1"))
-    await eventually(lambda: harness.status_is("CA1", JobStatus.RUNNING))
+    await eventually(lambda: _true_if(started == ["first"]))
     await first.stop(timeout=0.1)  # as on SIGTERM, with a short grace period
     assert interrupted.is_set()
     job = await harness.job("CA1")
