@@ -733,6 +733,7 @@ async def _run_phase(
                 CALLBRIDGE_SCRIBE_URL=endpoints["scribe_url"],
                 TWILIO_AUTH_TOKEN=AUTH_TOKEN,
                 CALLBRIDGE_STREAM_SECRET=STREAM_SECRET,
+                CALLBRIDGE_MAX_CALLS=str(phase.calls),  # any one process may take every call
                 CALLBRIDGE_PUBLIC_URL=bases[index],
                 CALLBRIDGE_API_TOKENS="bench-api-token",
                 PORT=str(port),

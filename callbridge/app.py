@@ -29,6 +29,7 @@ from callbridge.config import Settings, redacted, with_stream_secret
 from callbridge.context import AFTER_CALL, EVENT_WRITERS, JOBS, LOST_CALLS, SETTINGS, SINK, STORE
 from callbridge.event_journal import replay_journals
 from callbridge.event_writer import EventWriters, WriterSettings
+from callbridge.http_limits import runner_options, setup_http_limits
 from callbridge.jobs.runner import JobRunner
 from callbridge.lost_calls import LostCallReaper
 from callbridge.models import EndReason, utc_now
@@ -97,6 +98,7 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
     setup_twilio_routes(app)
     setup_bridge_routes(app, StreamClaims(store, settings.server.stream_lease_s))
     setup_api(app)
+    setup_http_limits(app)
     return app
 
 
@@ -194,7 +196,10 @@ async def serve(settings: Settings, *, sock: socket.socket | None = None) -> Non
     """Run the bridge until SIGTERM/SIGINT, then drain and return."""
     app = create_app(settings)
     runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=settings.server.shutdown_timeout_s
+        app,
+        handle_signals=False,
+        shutdown_timeout=settings.server.shutdown_timeout_s,
+        **runner_options(settings),
     )
     await runner.setup()
     try:

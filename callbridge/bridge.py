@@ -11,23 +11,27 @@ A ``start`` is accepted only when its ``cb_token`` is the call's stream token
 store (:mod:`callbridge.stream_claims`): a call that has ended, or whose stream is live in
 any process sharing the store, is refused with ``1008`` and a reason.
 
-:class:`LiveCallRegistry` knows the calls open in this process, for the status callback
-(``completed`` ends a call whose socket never closed), the claims' heartbeat and graceful
-shutdown.
+Limits (``[limits]``, README "Security"): beyond ``max_calls`` open media sockets a new one
+is refused with ``503`` before the upgrade; a socket that sends no ``start`` within
+``start_timeout_s`` is closed ``1008``; a quiet socket is pinged every ``ws_heartbeat_s``
+(aiohttp's heartbeat: only when nothing arrived meanwhile, so a live stream is never pinged)
+and closed when no answer comes. Calls without media or past the longest call are ended by
+:func:`~callbridge.live_calls.watch_call_limits`. The calls open here are in
+:class:`~callbridge.live_calls.LiveCallRegistry`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections import Counter
-from collections.abc import AsyncIterator, KeysView
+from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from callbridge.context import EVENT_WRITERS, LIVE_CALLS, SETTINGS, SINK
 from callbridge.http_errors import json_error
+from callbridge.live_calls import LiveCallRegistry, watch_call_limits
 from callbridge.models import EndReason
 from callbridge.session import CallSession, StreamDescription
 from callbridge.store.base import StoreError, StreamClaim
@@ -47,76 +51,11 @@ MEDIA_PATH = "/twilio/media"
 log = structlog.get_logger("callbridge.bridge")
 
 
-class LiveCallRegistry:
-    """The calls whose media stream is open in this process, and the refusals counted."""
-
-    def __init__(self) -> None:
-        self._calls: dict[str, tuple[CallSession, web.WebSocketResponse]] = {}
-        self._starting: set[str] = set()  # claimed or being claimed, no session yet
-        self._background: set[asyncio.Task[bool]] = set()
-        self.draining = False
-        self.refused: Counter[str] = Counter()  # media sockets and starts refused, by reason
-
-    def reserve(self, call_sid: str) -> bool:
-        """Hold ``call_sid`` while its start is checked; False if it is live or starting."""
-        if call_sid in self._calls or call_sid in self._starting:
-            return False
-        self._starting.add(call_sid)
-        return True
-
-    def unreserve(self, call_sid: str) -> None:
-        self._starting.discard(call_sid)
-
-    def add(self, session: CallSession, ws: web.WebSocketResponse) -> None:
-        sid = session.stream.call_sid
-        self._starting.discard(sid)
-        self._calls[sid] = (session, ws)
-
-    def remove(self, session: CallSession) -> None:
-        sid = session.stream.call_sid
-        if self._calls.get(sid, (None,))[0] is session:
-            del self._calls[sid]
-
-    def is_live(self, call_sid: str) -> bool:
-        return call_sid in self._calls
-
-    def call_sids(self) -> KeysView[str]:
-        return self._calls.keys()
-
-    def __len__(self) -> int:
-        return len(self._calls)
-
-    def end_in_background(self, call_sid: str, reason: EndReason) -> None:
-        task = asyncio.get_running_loop().create_task(self.end_call(call_sid, reason))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def end_call(self, call_sid: str, reason: EndReason) -> bool:
-        entry = self._calls.get(call_sid)
-        if entry is None:
-            return False
-        session, ws = entry
-        await session.finish(reason)
-        await ws.close(code=WSCloseCode.OK, message=b"call ended")
-        return True
-
-    async def end_all(self, reason: EndReason, timeout_s: float) -> None:
-        """Finish every live call at once (shutdown), bounded by ``timeout_s``."""
-        calls = list(self._calls)
-        if not calls:
-            return
-        log.info("bridge.ending_live_calls", calls=len(calls), reason=str(reason))
-        results = asyncio.gather(
-            *(self.end_call(sid, reason) for sid in calls), return_exceptions=True
-        )
-        try:
-            await asyncio.wait_for(results, timeout_s)
-        except TimeoutError:
-            log.error("bridge.shutdown_timeout", calls=len(self._calls), timeout_s=timeout_s)
-
-
 REGISTRY = web.AppKey("live_call_registry", LiveCallRegistry)
 CLAIMS = web.AppKey("stream_claims", StreamClaims)
+
+
+_CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 
 
 def _close_reason(text: str) -> bytes:
@@ -133,15 +72,54 @@ async def media_websocket(request: web.Request) -> web.StreamResponse:
         registry.refused["signature"] += 1
         log.warning("media.signature_rejected", peer=request.remote)
         return json_error(403, "invalid_signature", "missing or wrong X-Twilio-Signature")
-
     settings = app[SETTINGS]
-    ws = web.WebSocketResponse(max_msg_size=settings.server.max_message_bytes, autoping=True)
+    limits = settings.limits
+    if limits.max_calls and registry.sockets >= limits.max_calls:
+        registry.refused["max_calls"] += 1
+        log.warning("media.stream_refused", reason="max_calls", max_calls=limits.max_calls)
+        return json_error(
+            503,
+            "too_many_calls",
+            f"this process takes at most {limits.max_calls} calls (CALLBRIDGE_MAX_CALLS)",
+        )
+    registry.sockets += 1
+    try:
+        return await _serve_media_socket(app, request)
+    finally:
+        registry.sockets -= 1
+
+
+async def _serve_media_socket(app: web.Application, request: web.Request) -> web.StreamResponse:
+    registry = app[REGISTRY]
+    settings = app[SETTINGS]
+    limits = settings.limits
+    ws = web.WebSocketResponse(
+        max_msg_size=settings.server.max_message_bytes,
+        autoping=True,
+        heartbeat=limits.ws_heartbeat_s or None,
+    )
     await ws.prepare(request)
     session: CallSession | None = None
     reason = EndReason.HANGUP
     bound = log
+    start_by = asyncio.get_running_loop().time() + limits.start_timeout_s
     try:
-        async for message in ws:
+        while True:
+            if session is not None:
+                message = await ws.receive()
+            else:
+                try:
+                    message = await ws.receive(start_by - asyncio.get_running_loop().time())
+                except TimeoutError:
+                    registry.refused["start_timeout"] += 1
+                    log.warning(
+                        "media.start_timeout",
+                        peer=request.remote,
+                        start_timeout_s=limits.start_timeout_s,
+                    )
+                    text = f"no start within {limits.start_timeout_s:g} s"
+                    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=_close_reason(text))
+                    break
             if message.type is WSMsgType.TEXT:
                 try:
                     event = parse_message(message.data)
@@ -186,6 +164,8 @@ async def media_websocket(request: web.Request) -> web.StreamResponse:
             elif message.type is WSMsgType.ERROR:
                 bound.warning("media.socket_error", error=str(ws.exception()))
                 reason = EndReason.ERROR
+                break
+            elif message.type in _CLOSED:
                 break
     finally:
         if session is not None:
@@ -281,7 +261,16 @@ async def healthz(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     if registry.draining:
         return web.json_response({"status": "draining"}, status=503)
-    return web.json_response({"status": "ok", "live_calls": len(registry), "pid": os.getpid()})
+    return web.json_response(
+        {
+            "status": "ok",
+            "live_calls": len(registry),
+            "media_sockets": registry.sockets,
+            "max_calls": request.app[SETTINGS].limits.max_calls,
+            "refused": dict(registry.refused),
+            "pid": os.getpid(),
+        }
+    )
 
 
 def setup_bridge_routes(app: web.Application, claims: StreamClaims) -> LiveCallRegistry:
@@ -299,17 +288,24 @@ def setup_bridge_routes(app: web.Application, claims: StreamClaims) -> LiveCallR
 
 
 async def supervise_live_calls(app: web.Application) -> AsyncIterator[None]:
-    """One task per process: the heartbeat of every live call's claim."""
+    """Two tasks per process, for all its calls: the heartbeat of their claims, and the
+    watch that ends calls without media or past the longest call."""
     registry = app[REGISTRY]
 
     def lost(call_sid: str) -> None:
-        registry.end_in_background(call_sid, EndReason.ERROR)
+        registry.end_in_background(call_sid, EndReason.ERROR, "the call's claim was lost")
 
-    heartbeat = asyncio.create_task(
-        app[CLAIMS].run_heartbeat(registry.call_sids, lost), name="stream-claims-heartbeat"
-    )
+    tasks = [
+        asyncio.create_task(
+            app[CLAIMS].run_heartbeat(registry.call_sids, lost), name="stream-claims-heartbeat"
+        ),
+        asyncio.create_task(
+            watch_call_limits(registry, app[SETTINGS].limits), name="call-limits-watch"
+        ),
+    ]
     try:
         yield
     finally:
-        heartbeat.cancel()
-        await asyncio.gather(heartbeat, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

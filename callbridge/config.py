@@ -54,6 +54,19 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """What one process takes, and how long a client may keep it waiting (README: Security)."""
+
+    max_calls: int = 300  # media sockets one process takes at once; 0 = no limit
+    start_timeout_s: float = 10.0  # a media socket without `start` by then: closed 1008
+    media_timeout_s: float = 60.0  # a started stream without media this long: ends (timeout)
+    max_call_s: float = 14400.0  # a call longer than this ends (max_duration)
+    header_timeout_s: float = 15.0  # a connection's request head must arrive within this
+    body_timeout_s: float = 15.0  # a request body must arrive within this (408 otherwise)
+    ws_heartbeat_s: float = 30.0  # ping a media socket quiet this long; 0 = no pings
+
+
+@dataclass(frozen=True, slots=True)
 class TwilioSettings:
     auth_token: str = ""
     validate: bool = True
@@ -184,6 +197,7 @@ class LoggingSettings:
 @dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     twilio: TwilioSettings = field(default_factory=TwilioSettings)
     scribe: ScribeSettings = field(default_factory=ScribeSettings)
     turns: TurnSettings = field(default_factory=TurnSettings)
@@ -204,6 +218,10 @@ ENV_ALIASES: Mapping[str, tuple[str, str]] = {
     "ELEVENLABS_API_KEY": ("scribe", "api_key"),
     "TWILIO_AUTH_TOKEN": ("twilio", "auth_token"),
     "CALLBRIDGE_STREAM_SECRET": ("twilio", "stream_secret"),
+    "CALLBRIDGE_MAX_CALLS": ("limits", "max_calls"),
+    "CALLBRIDGE_START_TIMEOUT_S": ("limits", "start_timeout_s"),
+    "CALLBRIDGE_MEDIA_TIMEOUT_S": ("limits", "media_timeout_s"),
+    "CALLBRIDGE_MAX_CALL_S": ("limits", "max_call_s"),
     "CALLBRIDGE_PUBLIC_URL": ("server", "public_url"),
     "DATABASE_URL": ("database", "url"),
     "CALLBRIDGE_LANGUAGE": ("scribe", "language"),
@@ -373,6 +391,20 @@ def check_values(settings: Settings) -> None:
             )
         if parts.query or parts.fragment:
             raise ConfigError("CALLBRIDGE_PUBLIC_URL", "must not carry a query or fragment")
+    limits = s.limits
+    if limits.max_calls < 0:
+        raise ConfigError("CALLBRIDGE_MAX_CALLS", "must be 0 (no limit) or more")
+    for name, value in (
+        ("CALLBRIDGE_START_TIMEOUT_S", limits.start_timeout_s),
+        ("CALLBRIDGE_MEDIA_TIMEOUT_S", limits.media_timeout_s),
+        ("CALLBRIDGE_MAX_CALL_S", limits.max_call_s),
+        ("CALLBRIDGE_LIMITS_HEADER_TIMEOUT_S", limits.header_timeout_s),
+        ("CALLBRIDGE_LIMITS_BODY_TIMEOUT_S", limits.body_timeout_s),
+    ):
+        if value <= 0:
+            raise ConfigError(name, "must be more than 0")
+    if limits.ws_heartbeat_s < 0:
+        raise ConfigError("CALLBRIDGE_LIMITS_WS_HEARTBEAT_S", "must be 0 (off) or more")
     if s.server.stream_lease_s <= 0:
         raise ConfigError("CALLBRIDGE_SERVER_STREAM_LEASE_S", "must be more than 0")
     if s.twilio.stream_secret and len(s.twilio.stream_secret) < MIN_STREAM_SECRET_CHARS:

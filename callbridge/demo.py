@@ -37,6 +37,7 @@ from callbridge.config import (
     WebhookSettings,
     load_settings,
 )
+from callbridge.http_limits import runner_options
 from callbridge.logs import configure_logging
 from callbridge.simulate import (
     Bridge,
@@ -241,7 +242,11 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             summary=summary_settings,
         )
         runner = web.AppRunner(
-            create_app(settings), handle_signals=False, access_log=None, shutdown_timeout=5.0
+            create_app(settings),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=5.0,
+            **runner_options(settings),
         )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

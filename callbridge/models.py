@@ -31,6 +31,8 @@ class EndReason(enum.StrEnum):
     SHUTDOWN = "shutdown"  # the bridge was asked to stop (SIGTERM)
     ERROR = "error"  # the stream broke (protocol error, fatal Scribe error)
     BRIDGE_LOST = "bridge_lost"  # the process holding the call died; ended by another
+    TIMEOUT = "timeout"  # no media for CALLBRIDGE_MEDIA_TIMEOUT_S
+    MAX_DURATION = "max_duration"  # longer than CALLBRIDGE_MAX_CALL_S
 
 
 def utc_now() -> datetime:

@@ -25,6 +25,7 @@ from callbridge.config import (
     WebhookSettings,
 )
 from callbridge.context import SETTINGS, STORE
+from callbridge.http_limits import runner_options
 from callbridge.store.base import Store
 from callbridge.testing.twilio_simulator import TwilioCallSimulator
 
@@ -114,7 +115,7 @@ async def running_bridge(
     app = create_app(settings)
     if configure is not None:
         configure(app)
-    runner = web.AppRunner(app, shutdown_timeout=5.0)
+    runner = web.AppRunner(app, shutdown_timeout=5.0, **runner_options(settings))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", settings.server.port)
     await site.start()
