@@ -157,22 +157,27 @@ async def test_a_call_gets_its_ai_summary_after_call_ended(
     assert request.headers["authorization"] == f"Bearer {llm.api_key}"
 
 
-async def test_429_and_5xx_are_retried_honouring_retry_after(
+async def test_429_5xx_timeouts_and_dropped_connections_are_retried(
     tmp_path: Path, scribe: ScribeEmulator, llm: LLMEmulator, receiver: WebhookReceiver
 ) -> None:
     llm.inject(
-        LLMFault.rate_limit(retry_after="1"), LLMFault.server_error(502), LLMFault.disconnect()
+        LLMFault.rate_limit(retry_after="1"),
+        LLMFault.server_error(502),
+        LLMFault.slow(3.0),
+        LLMFault.disconnect(),
     )
-    settings = ai_settings(tmp_path, scribe.url, llm, receiver)
+    settings = ai_settings(tmp_path, scribe.url, llm, receiver, llm_timeout_s=0.5)
     async with running_bridge(settings) as bridge:
         call_sid = await play_call(bridge)
         ai = await summarized(receiver, call_sid)
         job = await bridge.store.jobs.get("ai_summary", call_sid)
     assert ai["status"] == "ready"
     requests = llm.chat_requests
-    assert [r.fault for r in requests] == ["rate_limit", "server_error", "disconnect", None]
+    faults = ["rate_limit", "server_error", "slow", "disconnect", None]
+    assert [r.fault for r in requests] == faults
     assert requests[1].received_at - requests[0].received_at >= 1.0  # Retry-After: 1
-    assert job is not None and job.status is JobStatus.DONE and job.attempts == 4
+    assert requests[3].received_at - requests[2].received_at < 2.5  # the timeout, not 3 s
+    assert job is not None and job.status is JobStatus.DONE and job.attempts == 5
 
 
 async def test_an_llm_that_stays_down_fails_the_summary_and_nothing_else(
