@@ -23,15 +23,29 @@ from aiohttp import web
 
 from callbridge.ai_summary.job import with_ai_pending
 from callbridge.ai_summary.setup import setup_ai_summary
+from callbridge.api.event_stream import LIVE_FEED
 from callbridge.api.routes import setup_api
 from callbridge.bridge import CLAIMS, REGISTRY, setup_bridge_routes, supervise_live_calls
 from callbridge.config import Settings, redacted, with_stream_secret
-from callbridge.context import AFTER_CALL, EVENT_WRITERS, JOBS, LOST_CALLS, SETTINGS, SINK, STORE
+from callbridge.context import (
+    AFTER_CALL,
+    EVENT_WRITERS,
+    JOBS,
+    LOST_CALLS,
+    METRICS,
+    SETTINGS,
+    SINK,
+    STORE,
+)
 from callbridge.event_journal import replay_journals
 from callbridge.event_writer import EventWriters, WriterSettings
 from callbridge.http_limits import runner_options, setup_http_limits
 from callbridge.jobs.runner import JobRunner
 from callbridge.lost_calls import LostCallReaper
+from callbridge.metrics import BridgeMetrics
+from callbridge.metrics.call_sink import CallMetricsSink
+from callbridge.metrics.exposition import setup_metrics
+from callbridge.metrics.monitor import ProcessFigures
 from callbridge.models import EndReason, utc_now
 from callbridge.sink import CallEventSink, FanOutSink, LoggingSink
 from callbridge.store.factory import open_store
@@ -59,10 +73,11 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
         pool_size=settings.database.pool_size,
     )
     app[STORE] = store
+    metrics = app[METRICS] = BridgeMetrics(enabled=settings.metrics.enabled)
     # A claim outlives its request by a few seconds, so a killed process's in-flight
     # deliveries are retried soon after a restart (under the same webhook-id).
     dispatcher = WebhookDispatcher(
-        store, settings.webhook, lease_s=settings.webhook.timeout_s + 5.0
+        store, settings.webhook, lease_s=settings.webhook.timeout_s + 5.0, metrics=metrics
     )
     app[DISPATCHER] = dispatcher
     jobs = JobRunner(
@@ -81,7 +96,9 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
             dispatcher.notify,
             after_call=after_call,
             jobs_enqueued=jobs.notify,
+            metrics=metrics,
         ),
+        CallMetricsSink(metrics),  # after the store: counts what was stored
     ]
     if extra_sink is not None:
         sinks.append(extra_sink)
@@ -96,9 +113,18 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
     app.cleanup_ctx.append(_reap_lost_calls)
     app.on_shutdown.append(_end_live_calls)  # first: event streams see the calls end
     setup_twilio_routes(app)
-    setup_bridge_routes(app, StreamClaims(store, settings.server.stream_lease_s))
+    registry = setup_bridge_routes(app, StreamClaims(store, settings.server.stream_lease_s))
     setup_api(app)
     setup_http_limits(app)
+    feed = app[LIVE_FEED]
+    setup_metrics(
+        app,
+        ProcessFigures(
+            live_calls=registry.__len__,
+            frames_received=lambda: registry.frames_received,
+            event_streams=lambda: feed.subscribers,
+        ),
+    )
     return app
 
 

@@ -25,6 +25,7 @@ from callbridge.config import (
     with_stream_secret,
 )
 from callbridge.logs import configure_logging
+from callbridge.metrics.multiprocess import MetricsDirectory, multiprocess_dir
 from callbridge.store.base import StoreError
 from callbridge.twilio.stream_auth import stream_token
 
@@ -61,6 +62,8 @@ def run_serve(args: argparse.Namespace) -> int:
         from callbridge.workers import serve_workers
 
         return serve_workers(settings)
+    if settings.metrics.enabled and multiprocess_dir() is not None:
+        MetricsDirectory.prepare()  # a directory named for one process: empty it first
     event_loop.run(serve(settings), settings.server.event_loop)
     return 0
 

@@ -182,6 +182,11 @@ class SummarySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    enabled: bool = True  # GET /metrics and the bridge's metrics; off: 404 and no work
+
+
+@dataclass(frozen=True, slots=True)
 class DatabaseSettings:
     url: str = "sqlite:///./callbridge.db"
     journal_dir: str = "callbridge-journal"
@@ -206,6 +211,7 @@ class Settings:
     redaction: RedactionSettings = field(default_factory=RedactionSettings)
     jobs: JobSettings = field(default_factory=JobSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     summary: SummarySettings = field(default_factory=SummarySettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)

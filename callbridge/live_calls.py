@@ -59,6 +59,7 @@ class LiveCallRegistry:
         self.sockets = 0  # media sockets open (started or not)
         self.draining = False
         self.refused: Counter[str] = Counter()  # media sockets and starts refused, by reason
+        self._frames_of_ended_calls = 0
 
     def reserve(self, call_sid: str) -> bool:
         """Hold ``call_sid`` while its start is checked; False if it is live or starting."""
@@ -81,6 +82,7 @@ class LiveCallRegistry:
         call = self._calls.get(sid)
         if call is not None and call.session is session:
             del self._calls[sid]
+            self._frames_of_ended_calls += session.frames
 
     def is_live(self, call_sid: str) -> bool:
         return call_sid in self._calls
@@ -93,6 +95,11 @@ class LiveCallRegistry:
 
     def __len__(self) -> int:
         return len(self._calls)
+
+    @property
+    def frames_received(self) -> int:
+        """Media frames of every call this process has held (for the frames metric)."""
+        return self._frames_of_ended_calls + sum(c.session.frames for c in self._calls.values())
 
     def end_in_background(
         self, call_sid: str, reason: EndReason, message: str = "call ended"

@@ -10,6 +10,11 @@ lease, so no event is sent twice.
 On SIGTERM or SIGINT the parent forwards SIGTERM to every worker, each drains its live
 calls, and the parent exits 0 once all have. A worker that dies unexpectedly is logged and
 started again (at most ``_MAX_RESTARTS`` times a minute, then the parent gives up).
+
+Metrics: before the first worker starts, the parent sets up prometheus-client's
+multiprocess directory (:class:`~callbridge.metrics.multiprocess.MetricsDirectory`), so a
+scrape of any worker reports all of them; it marks a dead worker's live gauges gone and
+removes the directory when it exits.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import structlog
 from callbridge import event_loop
 from callbridge.config import Settings
 from callbridge.logs import configure_logging
+from callbridge.metrics.multiprocess import MetricsDirectory
 from callbridge.store.factory import open_store
 
 log = structlog.get_logger("callbridge.workers")
@@ -51,6 +57,15 @@ async def _migrate(settings: Settings) -> None:
 def serve_workers(settings: Settings) -> int:
     """Run ``settings.server.workers`` bridge processes until SIGTERM; the exit code."""
     asyncio.run(_migrate(settings))
+    metrics_dir = MetricsDirectory.prepare() if settings.metrics.enabled else None
+    try:
+        return _supervise(settings, metrics_dir)
+    finally:
+        if metrics_dir is not None:
+            metrics_dir.close()
+
+
+def _supervise(settings: Settings, metrics_dir: MetricsDirectory | None) -> int:
     context = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -90,6 +105,8 @@ def serve_workers(settings: Settings) -> int:
                 _stop_all(workers)
                 return 1
             log.error("workers.restarting", worker=index, exit_code=code)
+            if metrics_dir is not None:
+                metrics_dir.process_died(process.pid)
             workers[index] = start(index)
     log.info("workers.stopping", workers=len(workers))
     codes = _stop_all(workers)

@@ -683,6 +683,32 @@ async def test_concurrent_writers_of_one_call_get_gap_free_positions(
     assert log is not None and [e.position for e in log] == list(range(1, 25))
 
 
+async def test_delivery_backlog_per_target(store: DurableStore, backend: Backend) -> None:
+    empty = await store.delivery_backlog()
+    assert [(b.target, b.pending, b.oldest_created_at) for b in empty] == [
+        (target, 0, None) for target in TARGETS
+    ]
+    first_at = backend.clock()
+    await run_call(store, "CA1", segments=1)  # 3 events
+    backend.clock.advance(5)
+    await run_call(store, "CA2", segments=0)  # 2 events
+    now = backend.clock()
+    for delivery in await store.claim_deliveries(now, 10, "me", 60, target=TARGETS[0]):
+        await store.mark_delivered(delivery.delivery_id, "me")  # the heads of both calls
+    backlog = {b.target: b for b in await store.delivery_backlog()}
+    assert backlog[TARGETS[0]].pending == 3
+    assert backlog[TARGETS[0]].oldest_created_at == first_at
+    assert backlog[TARGETS[1]].pending == 5
+    assert backlog[TARGETS[1]].oldest_created_at == first_at
+    # a target no longer configured still shows what waits for it
+    fewer = backend.store(targets=TARGETS[:1])
+    await fewer.open()
+    try:
+        assert [b.target for b in await fewer.delivery_backlog()] == list(TARGETS)
+    finally:
+        await fewer.close()
+
+
 async def test_purge_keeps_the_event_log(store: DurableStore, backend: Backend) -> None:
     await run_call(store, "CA1", segments=0)
     now = backend.clock()

@@ -27,9 +27,10 @@ import structlog
 from aiohttp import web
 
 from callbridge.ai_summary.records import ai_summary_pending
-from callbridge.context import SETTINGS, STORE
+from callbridge.context import METRICS, SETTINGS, STORE
 from callbridge.http_errors import json_error
 from callbridge.live_feed import FETCH_PAGE, EventSubscription, LiveFeed, LivePartial
+from callbridge.metrics import DISABLED, BridgeMetrics
 from callbridge.models import rfc3339, utc_now
 from callbridge.store.base import CallStatus, Store, StoredEvent
 
@@ -39,6 +40,10 @@ LIVE_FEED = web.AppKey("live_feed", LiveFeed)
 PARTIAL_EVENT = "transcript.partial"
 CALL_ENDED = "call.ended"
 RECONNECT_MS = 3000
+
+
+def metrics_of(request: web.Request) -> BridgeMetrics:
+    return request.config_dict.get(METRICS) or DISABLED
 
 
 async def post_call_pending(store: Store, call_sid: str) -> bool:
@@ -81,9 +86,15 @@ class _Stream:
     """Writes one client's stream and keeps its place (``position``) in the call's log."""
 
     def __init__(
-        self, response: web.StreamResponse, store: Store, call_sid: str, write_timeout_s: float
+        self,
+        response: web.StreamResponse,
+        store: Store,
+        call_sid: str,
+        write_timeout_s: float,
+        metrics: BridgeMetrics,
     ) -> None:
         self.response = response
+        self.metrics = metrics
         self.store = store
         self.call_sid = call_sid
         self.write_timeout_s = write_timeout_s
@@ -95,6 +106,8 @@ class _Stream:
             async with asyncio.timeout(self.write_timeout_s):
                 await self.response.write(data)
         except TimeoutError:
+            log.warning("events.client_dropped", call_sid=self.call_sid, reason="write_timeout")
+            self.metrics.event_streams_dropped.labels(reason="write_timeout").inc()
             raise StreamClosed("the client did not take the stream in time") from None
         except (ConnectionError, RuntimeError) as exc:  # reset, or the transport is closed
             raise StreamClosed(f"client gone: {exc}") from None
@@ -162,7 +175,9 @@ async def stream_call_events(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    stream = _Stream(response, store, call_sid, settings.events_write_timeout_s)
+    stream = _Stream(
+        response, store, call_sid, settings.events_write_timeout_s, metrics_of(request)
+    )
     stream.position = position
     stream.ended = call.status == CallStatus.ENDED
     subscription: EventSubscription | None = None
@@ -187,6 +202,7 @@ async def stream_call_events(request: web.Request) -> web.StreamResponse:
 def _dropper(request: web.Request, call_sid: str) -> Callable[[], None]:
     def drop() -> None:
         log.warning("events.client_dropped", call_sid=call_sid, reason="buffer_full")
+        metrics_of(request).event_streams_dropped.labels(reason="buffer_full").inc()
         if request.transport is not None:
             # abort, not close: close would first flush what the client does not read
             request.transport.abort()  # a write blocked on the client fails at once

@@ -335,6 +335,15 @@ class ClaimsInWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetBacklog:
+    """A webhook target's undelivered events: how many, and since when."""
+
+    target: str
+    pending: int
+    oldest_created_at: datetime | None  # when the oldest pending delivery was enqueued
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryCounts:
     pending: int
     delivered: int
@@ -377,6 +386,10 @@ class OutboxStore(Protocol):
 
     async def pending_deliveries_exist(self) -> bool: ...
 
+    async def delivery_backlog(self) -> list[TargetBacklog]:
+        """Pending deliveries per target (every configured target, and any other that
+        still has some), with the oldest one's enqueue time."""
+
     async def purge_finished_deliveries(self, finished_before: datetime) -> int:
         """Delete deliveries finished before a moment (the events stay: they are the
         call's event log, erased with the call)."""
@@ -405,6 +418,18 @@ def log_write_after_end(write: str, call_sid: str) -> None:
     structlog.get_logger("callbridge.store").warning(
         "store.write_after_end_ignored", write=write, call_sid=call_sid
     )
+
+
+def backlog_per_target(
+    targets: Sequence[str], pending: Mapping[str, tuple[int, datetime]]
+) -> list[TargetBacklog]:
+    """Every configured target (zero when nothing waits) and any other with pending rows."""
+    found = [
+        TargetBacklog(t, *pending[t]) if t in pending else TargetBacklog(t, 0, None)
+        for t in targets
+    ]
+    found += [TargetBacklog(t, *row) for t, row in sorted(pending.items()) if t not in targets]
+    return found
 
 
 def encode_cursor(created_at_us: int, call_sid: str) -> str:

@@ -36,7 +36,9 @@ from callbridge.store.base import (
     StoredEvent,
     StoreError,
     StreamClaim,
+    TargetBacklog,
     WriteClaims,
+    backlog_per_target,
     decode_cursor,
     encode_cursor,
     from_micros,
@@ -786,6 +788,16 @@ class PostgresStore:
                 "SELECT EXISTS (SELECT 1 FROM deliveries WHERE status = 'pending')"
             )
         return bool(found)
+
+    async def delivery_backlog(self) -> list[TargetBacklog]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT target, count(*) AS pending, min(created_at) AS oldest FROM deliveries "
+                "WHERE status = 'pending' GROUP BY target"
+            )
+        return backlog_per_target(
+            self._targets, {row["target"]: (row["pending"], row["oldest"]) for row in rows}
+        )
 
     async def purge_finished_deliveries(self, finished_before: datetime) -> int:
         async with self._connection() as conn:

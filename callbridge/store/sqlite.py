@@ -37,7 +37,9 @@ from callbridge.store.base import (
     StoredEvent,
     StoreError,
     StreamClaim,
+    TargetBacklog,
     WriteClaims,
+    backlog_per_target,
     decode_cursor,
     encode_cursor,
     from_micros,
@@ -838,6 +840,19 @@ class SqliteStore:
             )
 
         return await self._run(work)
+
+    async def delivery_backlog(self) -> list[TargetBacklog]:
+        def work(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            return conn.execute(
+                "SELECT target, count(*) AS pending, min(created_at) AS oldest FROM deliveries "
+                "WHERE status = 'pending' GROUP BY target"
+            ).fetchall()
+
+        rows = {row["target"]: row for row in await self._run(work)}
+        return backlog_per_target(
+            self._targets,
+            {t: (row["pending"], from_micros(row["oldest"])) for t, row in rows.items()},
+        )
 
     async def purge_finished_deliveries(self, finished_before: datetime) -> int:
         before = to_micros(finished_before)

@@ -31,6 +31,7 @@ import aiohttp
 import structlog
 
 from callbridge.config import WebhookSettings
+from callbridge.metrics import DISABLED, BridgeMetrics
 from callbridge.store.base import Delivery, OutboxStore, WriteClaims
 from callbridge.webhooks.signing import WebhookSigner
 
@@ -136,8 +137,10 @@ class WebhookDispatcher:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         session: aiohttp.ClientSession | None = None,
+        metrics: BridgeMetrics = DISABLED,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._settings = settings
         self._signer = WebhookSigner(settings.secret or None)
         self._poll_interval_s = poll_interval_s
@@ -380,9 +383,15 @@ class WebhookDispatcher:
         self, worker: _TargetWorker, delivery: Delivery, outcome: AttemptOutcome
     ) -> None:
         attempt = delivery.attempts + 1
+        m, target = self._metrics, target_label(delivery.target)
         if outcome.delivered:
             self.stats.delivered += 1
-            await self._store.mark_delivered(delivery.delivery_id, self.owner)
+            m.deliveries.labels(target=target, outcome="delivered").inc()
+            m.delivery_latency.labels(target=target).observe(
+                max(0.0, self._clock() - delivery.created_at.timestamp())
+            )
+            with m.store_writes.labels(operation="mark_delivered").time():
+                await self._store.mark_delivered(delivery.delivery_id, self.owner)
             return
         error = outcome.error or "unknown error"
         context = {
@@ -395,6 +404,7 @@ class WebhookDispatcher:
         }
         if not outcome.retryable:
             self.stats.failed += 1
+            m.deliveries.labels(target=target, outcome="failed").inc()
             log.warning("webhooks.delivery_failed", final=True, **context)
             await self._store.mark_failed(delivery.delivery_id, self.owner, error)
             return
@@ -407,6 +417,7 @@ class WebhookDispatcher:
         deadline = delivery.created_at.timestamp() + self._settings.retry_for_s
         if now + delay > deadline:
             self.stats.failed += 1
+            m.deliveries.labels(target=target, outcome="failed").inc()
             log.warning("webhooks.delivery_failed", final=True, gave_up=True, **context)
             await self._store.mark_failed(
                 delivery.delivery_id,
@@ -415,6 +426,7 @@ class WebhookDispatcher:
             )
             return
         self.stats.retried += 1
+        m.deliveries.labels(target=target, outcome="retried").inc()
         log.info("webhooks.delivery_retry", retry_in_s=round(delay, 3), **context)
         next_at = datetime.fromtimestamp(now + delay, UTC)
         if await self._store.mark_retry(delivery.delivery_id, self.owner, next_at, error):

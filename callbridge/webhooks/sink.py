@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from callbridge.jobs.model import NewJob
+from callbridge.metrics import DISABLED, BridgeMetrics
 from callbridge.models import CallEnded, CallInfo, CommittedSegment
 from callbridge.store.base import Store
 from callbridge.webhooks.events import (
@@ -50,20 +51,24 @@ class StoreSink:
         *,
         after_call: Sequence[AfterCall] = (),
         jobs_enqueued: Callable[[], None] = _no_notify,
+        metrics: BridgeMetrics = DISABLED,
     ) -> None:
         self._store = store
         self._summarize = summarize
         self._notify = notify
         self._after_call = after_call
         self._jobs_enqueued = jobs_enqueued
+        self._writes = metrics.store_writes
 
     async def call_started(self, call: CallInfo) -> None:
-        await self._store.call_started(call, [call_started_event(call)])
+        with self._writes.labels(operation="call_started").time():
+            await self._store.call_started(call, [call_started_event(call)])
         self._notify()
 
     async def segment_committed(self, segment: CommittedSegment) -> None:
         events = [transcript_committed_event(segment)] if segment.text.strip() else []
-        await self._store.segment_committed(segment, events)
+        with self._writes.labels(operation="segment_committed").time():
+            await self._store.segment_committed(segment, events)
         if events:
             self._notify()
 
@@ -81,7 +86,10 @@ class StoreSink:
                 "error": "summary_failed",
             }
         jobs = [job for factory in self._after_call for job in factory(ended)]
-        await self._store.call_ended(ended, summary, [call_ended_event(ended, summary)], jobs=jobs)
+        with self._writes.labels(operation="call_ended").time():
+            await self._store.call_ended(
+                ended, summary, [call_ended_event(ended, summary)], jobs=jobs
+            )
         self._notify()
         if jobs:
             self._jobs_enqueued()
