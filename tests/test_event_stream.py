@@ -21,7 +21,7 @@ from callbridge.store.base import StoredEvent
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.speech import build_track, pcm16_to_ulaw, synth_utterance
 from callbridge.testing.webhook_receiver import WebhookReceiver
-from callbridge.webhooks.events import transcript_committed_event
+from callbridge.webhooks.events import call_summarized_event, transcript_committed_event
 from tests.bridge_harness import (
     API_TOKEN,
     RunningBridge,
@@ -139,6 +139,31 @@ async def test_last_event_id_resumes_after_that_event_and_204_after_the_last(
         unknown = await http.get(url, headers={**AUTH, "Last-Event-ID": "evt_not_this_calls"})
         assert unknown.status == 400
         assert (await unknown.json())["error"]["code"] == "unknown_event_id"
+
+
+async def test_a_pending_ai_summary_keeps_the_stream_until_call_summarized(
+    tmp_path: Path, emulator: ScribeEmulator, http: aiohttp.ClientSession
+) -> None:
+    async with running_bridge(bridge_settings(tmp_path, emulator.url, free_port())) as bridge:
+        call_sid = await play_ended_call(bridge)
+        assert await bridge.store.set_ai_summary(call_sid, {"status": "pending"}, [])
+        reader = await open_stream(http, bridge, call_sid)
+        messages = reader.messages()
+        replayed = [await asyncio.wait_for(anext(messages), 5) for _ in range(5)]
+        assert replayed[-1].event == "call.ended"
+        following = asyncio.ensure_future(anext(messages))
+        await asyncio.sleep(0.3)
+        assert not following.done()  # still open: the AI summary is on its way
+        ready = {"status": "ready", "gist": "A parcel went missing."}
+        summarized = call_summarized_event(call_sid, ready)
+        assert await bridge.store.set_ai_summary(call_sid, ready, [summarized])
+        last = await asyncio.wait_for(following, 5)
+        assert (last.event, last.id) == ("call.summarized", summarized.event_id)
+        assert last.data.encode() == summarized.body
+        assert await asyncio.wait_for(reader.collect(), 5) == []  # and then it ends
+        url = f"{bridge.base_url}/v1/calls/{call_sid}/events"
+        again = await http.get(url, headers={**AUTH, "Last-Event-ID": summarized.event_id})
+        assert again.status == 204
 
 
 async def test_refusals_are_json_errors(

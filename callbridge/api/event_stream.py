@@ -10,7 +10,8 @@ transcripts as ``event: transcript.partial`` (no ``id:``, never stored).
 
 The stream ends once the call has ended and nothing more will be stored for it: after
 ``call.ended``, unless post-call work that stores further events is still pending
-(:func:`post_call_pending`). A client that asks again after the last event gets ``204``,
+(:func:`post_call_pending`: an AI summary on its way), then after that work's events
+(``call.summarized``). A client that asks again after the last event gets ``204``,
 which tells an ``EventSource`` to stop reconnecting. A comment line goes out after
 ``events_heartbeat_s`` without an event. A client that does not keep up (its buffer of
 ``events_buffer`` events fills, or one write takes ``events_write_timeout_s``) is
