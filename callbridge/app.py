@@ -41,6 +41,7 @@ from callbridge.event_journal import replay_journals
 from callbridge.event_writer import EventWriters, WriterSettings
 from callbridge.http_limits import runner_options, setup_http_limits
 from callbridge.jobs.runner import JobRunner
+from callbridge.live_page import setup_live_page
 from callbridge.lost_calls import LostCallReaper
 from callbridge.metrics import BridgeMetrics
 from callbridge.metrics.call_sink import CallMetricsSink
@@ -116,6 +117,7 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
     registry = setup_bridge_routes(app, StreamClaims(store, settings.server.stream_lease_s))
     setup_api(app)
     setup_http_limits(app)
+    setup_live_page(app)
     feed = app[LIVE_FEED]
     setup_metrics(
         app,

@@ -8,6 +8,10 @@ call, prints every ``transcript.committed`` event as the receiver gets it, the p
 summary from the ``call.ended`` event, and the AI summary from ``call.summarized``: written
 by the LLM at ``CALLBRIDGE_SUMMARY_LLM_URL`` when it is set, else by the bundled LLM
 emulator (every text marked ``[emulated]``).
+
+It also prints the address of the live page (``/live``) and the demo's API token, so the
+call can be watched in a browser as it is transcribed; the page stays up for a while after
+the call (``--linger``, 60 s when run from a terminal) or until Ctrl-C (``--keep``).
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import secrets
+import signal
 import socket
+import sys
 import tempfile
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -38,6 +45,7 @@ from callbridge.config import (
     load_settings,
 )
 from callbridge.http_limits import runner_options
+from callbridge.live_page import LIVE_PATH
 from callbridge.logs import configure_logging
 from callbridge.simulate import (
     Bridge,
@@ -67,6 +75,7 @@ LLM_EMULATOR_NOTICE = (
 )
 CALL_END_WAIT_S = 60.0
 AI_SUMMARY_WAIT_S = 300.0  # a real LLM retried through a few failures
+DEFAULT_LINGER_S = 60.0
 AS_FAST_AS_POSSIBLE = 100.0  # what --speed 0 amounts to, for the turn settings
 
 
@@ -262,6 +271,10 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             f"callbridge demo: bridge on {bridge.url}, webhooks to {receiver.url}; "
             f"playing {source} ({total_s:.1f} s, caller and agent) at {speed_text(speed)}"
         )
+        console.line(
+            f"callbridge demo: watch it live at {bridge.url}{LIVE_PATH} "
+            f"(paste the API token {api_token})"
+        )
         console.line("")
         call_sid = new_call_sid()
         async with aiohttp.ClientSession() as session:
@@ -300,6 +313,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             f"callbridge demo: {len(printer.seen)} webhook events received ({signed}); "
             f"call {call_sid}. Next: `callbridge serve` for real calls (see the README)."
         )
+        await keep_serving(console, f"{bridge.url}{LIVE_PATH}", args.keep, linger_s(args))
     return 0 if not printer.bad_signatures else 1
 
 
@@ -332,6 +346,37 @@ def ai_summary_lines(ai: dict[str, Any], waited_s: float) -> list[str]:
     return lines
 
 
+def linger_s(args: argparse.Namespace) -> float:
+    """How long the page stays up after the call: ``--linger``, else 60 s on a terminal."""
+    if args.linger is not None:
+        return float(args.linger)
+    return DEFAULT_LINGER_S if sys.stdout.isatty() else 0.0
+
+
+async def keep_serving(console: Console, page_url: str, forever: bool, linger: float) -> None:
+    """Leave the bridge (and its page) up after the call: until Ctrl-C, or ``linger`` s."""
+    if not forever and linger <= 0:
+        return
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        if forever:
+            console.line(f"callbridge demo: {page_url} is up until Ctrl-C")
+            await stop.wait()
+        else:
+            console.line(
+                f"callbridge demo: {page_url} stays up for {linger:g} s (Ctrl-C ends it; "
+                "--keep keeps it up)"
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), linger)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
 def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "demo",
@@ -343,6 +388,9 @@ def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
             "print each transcript.committed webhook, the post-call summary and the AI summary "
             "(from CALLBRIDGE_SUMMARY_LLM_URL if set, else from the bundled LLM emulator). "
             "No network is needed without a key or an LLM URL."
+            "print each transcript.committed webhook and the post-call summary. "
+            "It prints the address of the live page (/live) and the API token to watch the "
+            "call in a browser. No network is needed without a key."
         ),
     )
     parser.add_argument(
@@ -355,6 +403,19 @@ def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     parser.add_argument(
         "--wav", metavar="FILE", default=None, help="play this WAV instead of the sample call"
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="after the call, keep the bridge and its live page up until Ctrl-C",
+    )
+    parser.add_argument(
+        "--linger",
+        type=float,
+        metavar="SECONDS",
+        default=None,
+        help=f"after the call, keep the live page up this long ({DEFAULT_LINGER_S:g} s when "
+        "run from a terminal, else 0)",
+    )
     parser.add_argument("--verbose", action="store_true", help="show the bridge's log")
     parser.set_defaults(handler=run_demo_command)
 
@@ -363,6 +424,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
     console = Console()
     if args.speed is not None and not args.speed >= 0:
         console.note("callbridge demo: --speed must be 0 (as fast as possible) or more")
+        return 2
+    if args.linger is not None and not args.linger >= 0:
+        console.note("callbridge demo: --linger must be 0 or more seconds")
         return 2
     try:
         return asyncio.run(run_demo(args, console))

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,9 @@ from callbridge.demo import demo_settings
 from callbridge.simulate import sample_call_path
 from callbridge.testing.llm_emulator import LLMEmulator
 
+LIVE_LINE = re.compile(
+    r"^callbridge demo: watch it live at (\S+/live) \(paste the API token (\S+)\)$"
+)
 SEGMENT = re.compile(r"^\[(\d\d):(\d\d\.\d)\] (caller|agent): (.*)$")
 EMULATED = re.compile(r"^\[emulated: \d+\.\d s of speech\]$")
 
@@ -119,12 +123,57 @@ async def test_demo_uses_the_configured_llm() -> None:
     assert request.headers["authorization"] == "Bearer sk-configured"
 
 
+@pytest.mark.slow
+async def test_demo_serves_the_live_page_with_the_call_and_lingers() -> None:
+    import aiohttp
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "callbridge",
+        "demo",
+        "--speed",
+        "16",
+        "--linger",
+        "30",
+        env=demo_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        page = token = None
+        lines: list[str] = []
+        while True:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+            assert line, "".join(lines)
+            lines.append(line)
+            if found := LIVE_LINE.match(line.strip()):
+                page, token = found.groups()
+            if "stays up for 30 s" in line:
+                break
+        assert page is not None and token is not None
+        auth = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession() as http:
+            served = await http.get(page)  # after the call: still served
+            assert served.status == 200 and served.content_type == "text/html"
+            calls = await (await http.get(page.replace("/live", "/v1/calls"), headers=auth)).json()
+            assert [c["status"] for c in calls["calls"]] == ["ended"]
+        proc.send_signal(signal.SIGINT)  # Ctrl-C ends the wait at once, cleanly
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
         (["--wav", "/nonexistent/call.wav"], "no such file"),
         (["--wav", str(Path(__file__))], "not a WAV file"),
         (["--speed", "-1"], "--speed"),
+        (["--linger", "-1"], "--linger"),
     ],
 )
 def test_demo_bad_input_is_one_line(args: list[str], expected: str) -> None:

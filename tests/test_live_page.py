@@ -1,0 +1,179 @@
+"""The live page in a real browser: Debian's Chromium driven by Playwright, a real bridge,
+a call played through it. The page must show each segment on its speaker while the call is
+live, and the summary after."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from callbridge.testing.scribe_emulator import ScribeEmulator
+from callbridge.webhooks.events import call_summarized_event
+from tests.bridge_harness import (
+    API_TOKEN,
+    RunningBridge,
+    bridge_settings,
+    free_port,
+    running_bridge,
+)
+from tests.test_event_stream import AUTH, two_party_call
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 10_000
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    assert shutil.which(CHROMIUM), f"{CHROMIUM} is missing: apt-get install -y chromium"
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def bridge(tmp_path: Path) -> AsyncIterator[RunningBridge]:
+    async with (
+        ScribeEmulator(api_key="test-key", transcriber="tones") as emulator,
+        running_bridge(bridge_settings(tmp_path, emulator.url, free_port())) as running,
+    ):
+        yield running
+
+
+async def connected_page(browser: Browser, bridge: RunningBridge) -> Page:
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on(
+        "response",
+        lambda response: (
+            errors.append(f"{response.status} {response.url}") if response.status >= 400 else None
+        ),
+    )
+    await page.goto(f"{bridge.base_url}/live")
+    await page.get_by_label("API token").fill(API_TOKEN)
+    await page.get_by_role("button", name="Connect").click()
+    await expect(page.get_by_role("heading", name="Calls", exact=True)).to_be_visible()
+    page.errors = errors  # type: ignore[attr-defined]
+    return page
+
+
+def turn(page: Page, sequence: int) -> object:
+    return page.locator(f'#transcript li[data-sequence="{sequence}"]')
+
+
+async def test_the_page_follows_a_live_call_speaker_by_speaker_then_shows_the_summary(
+    browser: Browser, bridge: RunningBridge
+) -> None:
+    page = await connected_page(browser, bridge)
+    caller, agent = two_party_call()
+    sim = bridge.simulator()
+    await sim.connect()
+    await sim.send_start(("inbound", "outbound"))
+    live_link = page.locator(f'#live-calls a[data-call-sid="{sim.call_sid}"]')
+    for _ in range(50):  # the list refreshes every 5 s; the button at once
+        await page.get_by_role("button", name="Refresh").click()
+        if await live_link.count():
+            break
+        await asyncio.sleep(0.1)
+    await live_link.click()  # keyboard users: the same link, focused and Enter
+    await expect(page.get_by_role("heading", level=2, name=f"Call {sim.call_sid}")).to_be_visible()
+
+    half = len(caller) // 2  # two turns, then the call stays live
+    resume_at = await sim.send_frames(caller[:half], agent[:half], speed=0)
+    first, second = turn(page, 1), turn(page, 2)
+    await expect(first).to_have_attribute("data-speaker", "caller", timeout=WAIT_MS)
+    await expect(first.locator(".text")).to_have_text("tone400 tone450 tone500")
+    await expect(first.locator(".speaker")).to_have_text("caller")
+    await expect(second).to_have_attribute("data-speaker", "agent", timeout=WAIT_MS)
+    await expect(second.locator(".text")).to_have_text("tone1200 tone1250 tone1300")
+    record = await bridge.store.get_call(sim.call_sid)
+    assert record is not None and record.status == "live"  # shown while the call is live
+    await expect(page.locator("#summary")).to_be_hidden()
+
+    # The AI summary is on its way when the call ends: the page waits for it.
+    assert await bridge.store.set_ai_summary(sim.call_sid, {"status": "pending"}, [])
+    await sim.send_frames(caller[half:], agent[half:], speed=0, start_timestamp_ms=resume_at)
+    await sim.send_stop()
+    third = turn(page, 3)
+    await expect(third).to_have_attribute("data-speaker", "caller", timeout=WAIT_MS)
+    await expect(third.locator(".text")).to_have_text("tone650 tone700")
+    summary = page.get_by_role("region", name="Summary")
+    await expect(summary).to_be_visible(timeout=WAIT_MS)
+    speakers = summary.get_by_role("table", name="Speakers")
+    await expect(speakers.get_by_role("rowheader")).to_have_text(["caller", "agent"])
+    await expect(summary.locator("#summary-facts")).to_contain_text("Segments3")
+
+    ai = {
+        "status": "ready",
+        "gist": "The caller's parcel never arrived; the agent sends a new one.",
+        "reason": "missing parcel",
+        "outcome": {"status": "resolved", "summary": "A replacement ships today."},
+        "action_items": [{"owner": "agent", "text": "Ship the replacement"}],
+        "sentiment": {"caller": "negative", "agent": "positive"},
+    }
+    event = call_summarized_event(sim.call_sid, ai)
+    assert await bridge.store.set_ai_summary(sim.call_sid, ai, [event])
+    await expect(summary.locator("#ai-gist")).to_have_text(ai["gist"], timeout=WAIT_MS)
+    await expect(summary.get_by_role("list", name="Action items")).to_have_text(
+        "agent: Ship the replacement"
+    )
+    await expect(page.get_by_role("status")).to_have_text(
+        "The call has ended; nothing more will come.", timeout=WAIT_MS
+    )
+    await sim.close()
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def test_a_wrong_token_is_refused_and_the_token_never_enters_a_url(
+    browser: Browser, bridge: RunningBridge
+) -> None:
+    page = await browser.new_page()
+    seen: list[str] = []
+    page.on("request", lambda request: seen.append(request.url))
+    await page.goto(f"{bridge.base_url}/live")
+    await page.get_by_label("API token").fill("not-the-token")
+    await page.keyboard.press("Enter")  # the form works from the keyboard
+    await expect(page.get_by_role("alert")).to_contain_text("not accepted")
+    stored = await page.evaluate("sessionStorage.getItem('callbridge.apiToken')")
+    assert stored is None
+    await page.get_by_label("API token").fill(API_TOKEN)
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("heading", name="Calls", exact=True)).to_be_visible()
+    assert await page.evaluate("sessionStorage.getItem('callbridge.apiToken')") == API_TOKEN
+    assert seen and not any(API_TOKEN in url or "not-the-token" in url for url in seen)
+
+
+async def test_the_page_is_served_with_a_strict_content_security_policy(
+    bridge: RunningBridge,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        for path, kind in [("/live", "text/html"), ("/live/live.js", "text/javascript")]:
+            response = await http.get(bridge.base_url + path)
+            assert response.status == 200
+            assert response.content_type == kind
+            policy = response.headers["Content-Security-Policy"]
+            assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        root = await http.get(bridge.base_url + "/", allow_redirects=False)
+        assert (root.status, root.headers["Location"]) == (302, "/live")
+        listed = await http.get(f"{bridge.base_url}/v1/calls", headers=AUTH)
+        assert json.loads(await listed.text())["calls"] == []
