@@ -23,7 +23,6 @@ from aiohttp import web
 
 from callbridge.ai_summary.job import with_ai_pending
 from callbridge.ai_summary.setup import setup_ai_summary
-from callbridge.api.event_stream import LIVE_FEED
 from callbridge.api.routes import setup_api
 from callbridge.bridge import CLAIMS, REGISTRY, setup_bridge_routes, supervise_live_calls
 from callbridge.config import Settings, redacted, with_stream_secret
@@ -31,6 +30,7 @@ from callbridge.context import (
     AFTER_CALL,
     EVENT_WRITERS,
     JOBS,
+    LIVE_FEED,
     LOST_CALLS,
     METRICS,
     SETTINGS,

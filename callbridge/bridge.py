@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from callbridge.context import EVENT_WRITERS, LIVE_CALLS, SETTINGS, SINK
+from callbridge.context import EVENT_WRITERS, LIVE_CALLS, LIVE_FEED, METRICS, SETTINGS, SINK
 from callbridge.http_errors import json_error
 from callbridge.live_calls import LiveCallRegistry, watch_call_limits
 from callbridge.models import EndReason
@@ -246,6 +246,8 @@ async def _start_session(
             ),
             app[SINK],
             writers=app[EVENT_WRITERS],
+            metrics=app[METRICS],
+            partials=app[LIVE_FEED].partial,
         )
         registry.add(session, ws)
     except BaseException:

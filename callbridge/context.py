@@ -9,6 +9,7 @@ from aiohttp import web
 from callbridge.config import Settings
 from callbridge.event_writer import EventWriters
 from callbridge.jobs.runner import JobRunner
+from callbridge.live_feed import LiveFeed
 from callbridge.metrics.definitions import BridgeMetrics
 from callbridge.models import EndReason
 from callbridge.sink import CallEventSink
@@ -44,3 +45,4 @@ JOBS = web.AppKey("jobs", JobRunner)
 # Post-call job factories: a feature appends one to have jobs enqueued at every call's end.
 AFTER_CALL = web.AppKey("after_call", list[AfterCall])
 METRICS = web.AppKey("metrics", BridgeMetrics)
+LIVE_FEED = web.AppKey("live_feed", LiveFeed)

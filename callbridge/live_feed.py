@@ -27,22 +27,13 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from callbridge.models import LivePartial
 from callbridge.store.base import Store, StoredEvent
 
 log = structlog.get_logger("callbridge.live_feed")
 
 FETCH_PAGE = 200  # events per call per fetch; a full page is fetched again at once
 _CALLS_PER_QUERY = 500
-
-
-@dataclass(frozen=True, slots=True)
-class LivePartial:
-    """Interim text of the segment on air: the whole segment so far, not stored."""
-
-    call_sid: str
-    speaker: str
-    track: str
-    text: str
 
 
 class EventSubscription:

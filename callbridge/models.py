@@ -106,6 +106,9 @@ class CommittedSegment:
     language_code: str | None
     words: tuple[Word, ...] = ()
     committed_at: datetime = field(default_factory=utc_now)
+    # time.monotonic() when its speech ended, in the process that heard it (for the
+    # transcript latency metric); not stored, not sent.
+    speech_ended_at: float | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """The segment as ``transcript.committed`` carries it (and the API returns it)."""
@@ -121,6 +124,17 @@ class CommittedSegment:
             "language_code": self.language_code,
             "words": [word.to_json() for word in self.words],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class LivePartial:
+    """Interim text of the segment on air (the whole segment so far): streamed to live
+    viewers in the process that holds the call, never stored or sent as a webhook."""
+
+    call_sid: str
+    speaker: str
+    track: str
+    text: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,8 @@ API, logs) ever sees the text before redaction.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +30,13 @@ from callbridge.audio.framing import FrameAligner
 from callbridge.audio.ulaw import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, silence
 from callbridge.config import Settings
 from callbridge.event_writer import CallEventWriter, EventWriters, WriterSettings
+from callbridge.metrics import DISABLED, BridgeMetrics
 from callbridge.models import (
     CallEnded,
     CallInfo,
     CommittedSegment,
     EndReason,
+    LivePartial,
     Track,
     TrackActivity,
     Word,
@@ -118,6 +121,8 @@ class CallSession:
         connect: Connect | None = None,
         transcriber_settings: TranscriberSettings | None = None,
         writers: EventWriters | None = None,
+        metrics: BridgeMetrics = DISABLED,
+        partials: Callable[[LivePartial], None] | None = None,
     ) -> None:
         self.settings = settings
         self.stream = stream
@@ -131,6 +136,8 @@ class CallSession:
         }
         s = settings.scribe
         options = ScribeOptions.from_settings(s)
+        self._metrics = metrics
+        self._partials = partials
         self._transcriber = SegmentTranscriber(
             options,
             transcriber_settings
@@ -144,6 +151,8 @@ class CallSession:
             self._on_transcript,
             connect=connect or ScribeConnection.open,
             log=self.log,
+            metrics=metrics,
+            on_partial=self._on_partial if partials is not None else None,
         )
         self._segmenter = TurnSegmenter(stream.tracks, settings.turns, self._transcriber)
         self._clocks = {track: TrackClock() for track in stream.tracks}
@@ -164,6 +173,7 @@ class CallSession:
         self._finished: asyncio.Future[CallEnded] | None = None
         self._started_at = utc_now()
         self._stream_end_ms = 0
+        self._stream_stopped_at: float | None = None  # time.monotonic() when frames stopped
         self.frames = 0
         self.ignored_frames = 0
 
@@ -221,6 +231,7 @@ class CallSession:
         if self._finished is not None:
             return await asyncio.shield(self._finished)
         self._finished = asyncio.get_running_loop().create_future()
+        self._stream_stopped_at = time.monotonic()
         try:
             for track, aligner in self._aligners.items():
                 for start_ms, frame in aligner.flush():
@@ -374,8 +385,23 @@ class CallSession:
             end_ms=segment.speech_end_ms,
             language_code=language_code,
             words=words,
+            speech_ended_at=self._moment_of(segment.speech_end_ms),
         )
         self._emit(committed)
+
+    def _moment_of(self, stream_ms: int) -> float:
+        """When (``time.monotonic()``) the stream reached ``stream_ms``: Twilio sends in real
+        time, so that is as long before the newest frame as the stream time between them."""
+        newest = self._stream_stopped_at or time.monotonic()
+        return newest - max(0, self._stream_end_ms - stream_ms) / 1000.0
+
+    def _on_partial(self, segment: PlannedSegment, text: str) -> None:
+        if self._partials is not None:
+            self._partials(
+                LivePartial(
+                    self.stream.call_sid, self._labels[segment.track], str(segment.track), text
+                )
+            )
 
     def _emit(self, event: CallInfo | CommittedSegment | CallEnded) -> None:
         if self._events is not None:

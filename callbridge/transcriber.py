@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 import structlog
 
 from callbridge.audio.ulaw import BYTES_PER_MS, silence, ulaw_to_pcm16
+from callbridge.metrics import DISABLED, BridgeMetrics
 from callbridge.models import Word
 from callbridge.scribe.connection import ScribeConnection
 from callbridge.scribe.errors import ScribeError
-from callbridge.scribe.messages import CommittedTranscript, ScribeWord
+from callbridge.scribe.messages import CommittedTranscript, PartialTranscript, ScribeWord
 from callbridge.scribe.options import ScribeOptions
 from callbridge.turns import PlannedSegment
 
@@ -38,6 +39,7 @@ _IDLE_BACKLOG_MS = 1000  # idle silence is not queued while this much audio wait
 
 SegmentCallback = Callable[[PlannedSegment, str, tuple[Word, ...], str | None], None]
 Connect = Callable[[ScribeOptions], Awaitable[ScribeConnection]]
+PartialCallback = Callable[[PlannedSegment, str], None]  # the segment on air, its text so far
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -70,6 +72,7 @@ class _Window:
     # lost only if that connection fails before answering the window.
     at_risk_ms: int = 0
     committed: bool = False
+    commit_sent_at: float | None = None  # time.monotonic() of its commit, this connection
     texts: list[str] = field(default_factory=list)
     words: list[Word] = field(default_factory=list)
     language_code: str | None = None
@@ -102,8 +105,12 @@ class SegmentTranscriber:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         log: structlog.stdlib.BoundLogger | None = None,
+        metrics: BridgeMetrics = DISABLED,
+        on_partial: PartialCallback | None = None,
     ) -> None:
         self._options = options
+        self._metrics = metrics
+        self._on_partial = on_partial
         self._settings = settings
         self._on_segment = on_segment
         self._connect = connect
@@ -242,6 +249,7 @@ class SegmentTranscriber:
             try:
                 conn = await self._connect(self._options)
             except ScribeError as exc:
+                self._count_error(exc)
                 if not exc.retryable:
                     self._fatal(exc)
                     return
@@ -260,8 +268,10 @@ class SegmentTranscriber:
                 self._give_up(f"transcriber failed: {type(exc).__name__}: {exc}")
                 return
             self.connections += 1
+            self._metrics.scribe_connections.inc()
             if self.connections > 1:
                 self.reconnects += 1
+                self._metrics.scribe_reconnects.inc()
             self._rebuild_outbox()
             self._answers = 0
             self._connected = True
@@ -269,6 +279,7 @@ class SegmentTranscriber:
                 await self._serve(conn)
             except ScribeError as exc:
                 self._connected = False
+                self._count_error(exc)
                 await conn.close()
                 if not exc.retryable:
                     self._fatal(exc)
@@ -331,6 +342,10 @@ class SegmentTranscriber:
         s = self._settings
         delay = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (failures - 1))
         await self._sleep(self._rng.uniform(delay / 2, delay))
+
+    def _count_error(self, exc: ScribeError) -> None:
+        retryable = "true" if exc.retryable else "false"
+        self._metrics.scribe_errors.labels(kind=exc.kind, retryable=retryable).inc()
 
     def _fatal(self, exc: ScribeError) -> None:
         self._log.error("scribe.failed", kind=exc.kind, detail=exc.detail, retryable=False)
@@ -400,6 +415,8 @@ class SegmentTranscriber:
                 # The connection pads a short window with silence (the 0.3 s rule); that
                 # silence is on the session clock, after the window's words.
                 padded_ms = await conn.commit()
+                head.window.commit_sent_at = time.monotonic()
+                self._metrics.scribe_commits.inc()
                 if padded_ms:
                     if head.window.session_ms is not None:
                         head.window.inserted.append((session_ms, float(padded_ms)))
@@ -528,6 +545,17 @@ class SegmentTranscriber:
             message = await conn.receive()
             if isinstance(message, CommittedTranscript):
                 self._on_committed(message)
+            elif isinstance(message, PartialTranscript) and self._on_partial is not None:
+                segment = self._segment_on_air()
+                if segment is not None:
+                    self._on_partial(segment, message.text)
+
+    def _segment_on_air(self) -> PlannedSegment | None:
+        """The segment whose uncommitted audio Scribe is hearing: the oldest uncommitted."""
+        for window in self._windows:
+            if window.segment is not None and not window.committed:
+                return window.segment
+        return None
 
     def _on_committed(self, message: CommittedTranscript) -> None:
         if not self._options.include_timestamps:
@@ -572,6 +600,9 @@ class SegmentTranscriber:
             return
         self._collect(window, message)
         self._answers += 1
+        if window.commit_sent_at is not None:
+            self._metrics.commit_latency.observe(time.monotonic() - window.commit_sent_at)
+            window.commit_sent_at = None  # with timestamps, one answer comes in two messages
         if self._windows and self._windows[0] is window:
             self._windows.popleft()
         else:

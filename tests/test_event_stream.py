@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from callbridge.api.event_stream import LIVE_FEED
 from callbridge.config import Settings
+from callbridge.context import LIVE_FEED
 from callbridge.models import CommittedSegment, Track
 from callbridge.store.base import StoredEvent
 from callbridge.testing.scribe_emulator import ScribeEmulator
@@ -184,7 +184,16 @@ async def test_refusals_are_json_errors(
 # --- live ---------------------------------------------------------------------------------
 
 
-async def test_a_live_call_streams_each_event_as_it_is_committed(
+def tone_speaker(text: str) -> str:
+    """Who said these tone words: the caller's are below 1000 Hz, the agent's above."""
+    frequencies = {int(word.removeprefix("tone")) for word in text.split()}
+    assert frequencies, text
+    speakers = {"caller" if f < 1000 else "agent" for f in frequencies}
+    assert len(speakers) == 1, text
+    return speakers.pop()
+
+
+async def test_a_live_call_streams_each_event_as_it_is_committed_and_its_partials(
     tmp_path: Path, emulator: ScribeEmulator, http: aiohttp.ClientSession
 ) -> None:
     async with running_bridge(bridge_settings(tmp_path, emulator.url, free_port())) as bridge:
@@ -198,13 +207,19 @@ async def test_a_live_call_streams_each_event_as_it_is_committed(
             await asyncio.sleep(0.02)
         reader = await open_stream(http, bridge, sim.call_sid)
         messages = reader.messages()
-        started = await asyncio.wait_for(anext(messages), 5)
-        assert started.event == "call.started"
+        partials: list[SseMessage] = []
 
+        async def next_stored() -> SseMessage:
+            while True:
+                message = await asyncio.wait_for(anext(messages), 10)
+                if message.event != "transcript.partial":
+                    return message
+                partials.append(message)
+
+        assert (await next_stored()).event == "call.started"
         half = len(caller) // 2  # the first two turns, then wait with the call live
         resume_at = await sim.send_frames(caller[:half], agent[:half], speed=0)
-        first = await asyncio.wait_for(anext(messages), 10)
-        second = await asyncio.wait_for(anext(messages), 10)
+        first, second = await next_stored(), await next_stored()
         assert (first.event, second.event) == ("transcript.committed", "transcript.committed")
         assert [json.loads(m.data)["data"]["speaker"] for m in (first, second)] == [
             "caller",
@@ -215,9 +230,23 @@ async def test_a_live_call_streams_each_event_as_it_is_committed(
 
         await sim.send_frames(caller[half:], agent[half:], speed=0, start_timestamp_ms=resume_at)
         await sim.send_stop()
-        rest = await asyncio.wait_for(reader.collect(), 10)
-        assert [m.event for m in rest] == ["transcript.committed", "call.ended"]
+        rest = [m for m in await asyncio.wait_for(reader.collect(), 10)]
+        partials += [m for m in rest if m.event == "transcript.partial"]
+        assert [m.event for m in rest if m.event != "transcript.partial"] == [
+            "transcript.committed",
+            "call.ended",
+        ]
         await sim.close()
+    # Partials: not stored (no id), and each on the speaker whose words it has so far.
+    assert partials
+    for partial in partials:
+        assert partial.id is None
+        body = json.loads(partial.data)
+        assert body["type"] == "transcript.partial"
+        data = body["data"]
+        assert data["call_sid"] == sim.call_sid
+        assert data["speaker"] == tone_speaker(data["text"])
+        assert data["track"] == ("inbound" if data["speaker"] == "caller" else "outbound")
 
 
 async def test_a_call_held_by_another_process_streams_through_the_store(
@@ -246,7 +275,7 @@ async def test_a_call_held_by_another_process_streams_through_the_store(
         await sim.send_stop()
         rest = await asyncio.wait_for(reader.collect(), 10)
         assert [m.event for m in rest][-1] == "call.ended"
-        assert len(rest) == 3  # two more segments, then the end
+        assert len(rest) == 3  # two more segments, then the end; no partials from afar
         await sim.close()
 
 

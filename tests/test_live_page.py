@@ -97,6 +97,19 @@ async def test_the_page_follows_a_live_call_speaker_by_speaker_then_shows_the_su
         await asyncio.sleep(0.1)
     await live_link.click()  # keyboard users: the same link, focused and Enter
     await expect(page.get_by_role("heading", level=2, name=f"Call {sim.call_sid}")).to_be_visible()
+    # Every text the partial line shows, as it changes (partials come and go quickly here).
+    await page.evaluate(
+        """() => {
+            window.partialsSeen = [];
+            const box = document.getElementById("partial");
+            new MutationObserver(() => {
+                if (!box.hidden && box.textContent) {
+                    window.partialsSeen.push([box.dataset.speaker, box.textContent]);
+                }
+            }).observe(box, {childList: true, characterData: true, subtree: true,
+                             attributes: true});
+        }"""
+    )
 
     half = len(caller) // 2  # two turns, then the call stays live
     resume_at = await sim.send_frames(caller[:half], agent[:half], speed=0)
@@ -142,6 +155,12 @@ async def test_the_page_follows_a_live_call_speaker_by_speaker_then_shows_the_su
     )
     await sim.close()
     assert page.errors == []  # type: ignore[attr-defined]
+    partials = await page.evaluate("window.partialsSeen")
+    assert partials, "no partial transcript was shown"
+    for speaker, text in partials:
+        assert text.startswith(f"{speaker} is saying: tone")
+        words = text.split(": ", 1)[1].split()
+        assert {"caller" if int(w[4:]) < 1000 else "agent" for w in words} == {speaker}
 
 
 async def test_a_wrong_token_is_refused_and_the_token_never_enters_a_url(

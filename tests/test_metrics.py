@@ -15,6 +15,7 @@ from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.webhook_receiver import WebhookReceiver
 from tests.bridge_harness import API_TOKEN, bridge_settings, free_port, running_bridge
 from tests.metrics_scrape import scrape
+from tests.test_bridge_e2e import track
 from tests.test_event_stream import two_party_call, wait_ended
 
 DEAD_TARGET = "http://127.0.0.1:9/hooks"  # nothing listens on the discard port
@@ -93,6 +94,14 @@ async def test_a_call_and_its_webhooks_are_counted(
     assert after.value("callbridge_webhook_pending_deliveries", dead) == 5
     assert after.value("callbridge_webhook_oldest_pending_age_seconds", dead) > 0
 
+    assert after.value("callbridge_scribe_connections_total") == 1
+    assert after.value("callbridge_scribe_reconnects_total") == 0
+    assert after.matching("callbridge_scribe_errors_total") == {}
+    commits = after.value("callbridge_scribe_commits_total")
+    assert commits >= 3  # one per segment (the emulator answers each)
+    assert after.value("callbridge_scribe_commit_latency_seconds_count") == commits
+    assert after.value("callbridge_transcript_latency_seconds_count") == 3
+
     for operation, count in [
         ("call_started", 1),
         ("segment_committed", 3),
@@ -102,6 +111,69 @@ async def test_a_call_and_its_webhooks_are_counted(
         labels = {"operation": operation}
         assert after.value("callbridge_store_write_seconds_count", labels) == count, operation
     assert after.value("callbridge_event_loop_lag_seconds_count") > 0
+
+
+async def test_latencies_measure_the_real_delays(
+    tmp_path: Path, emulator: ScribeEmulator, http: aiohttp.ClientSession
+) -> None:
+    # In real time, with Scribe answering each commit 0.4 s late: commit → transcript takes
+    # at least that, and end of speech → stored adds the turn decision (turn_end_ms 600).
+    emulator.commit_delay_s = 0.4
+    settings = bridge_settings(tmp_path, emulator.url, free_port())
+    async with running_bridge(settings) as bridge:
+        sim = bridge.simulator()
+        await sim.run(inbound=track(2600, [(200, [500, 550, 600])], 5), speed=1.0)
+        await wait_ended(bridge, sim.call_sid)
+        figures = await scrape(http, bridge.base_url)
+    commits = figures.value("callbridge_scribe_commit_latency_seconds_count")
+    assert commits >= 1
+    commit_mean = figures.value("callbridge_scribe_commit_latency_seconds_sum") / commits
+    assert 0.4 <= commit_mean < 2.0
+    assert figures.value("callbridge_transcript_latency_seconds_count") == 1
+    stored_after = figures.value("callbridge_transcript_latency_seconds_sum")
+    turn_end_s = settings.turns.turn_end_ms / 1000
+    # (the end of speech is placed on the wall clock from the stream clock: a frame or two
+    # of arrival jitter either way)
+    assert turn_end_s + 0.4 - 0.1 <= stored_after < turn_end_s + 3.0
+    le_750ms = figures.value("callbridge_transcript_latency_seconds_bucket", {"le": "0.75"})
+    assert le_750ms == 0
+
+
+async def test_scribe_failures_are_counted_by_kind(
+    tmp_path: Path, emulator: ScribeEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.refuse_connections(2, 503)
+    emulator.fail_after_audio(1500, error_type="session_time_limit_exceeded", close_code=1011)
+    async with running_bridge(bridge_settings(tmp_path, emulator.url, free_port())) as bridge:
+        caller, agent = two_party_call()
+        sim = bridge.simulator()
+        await sim.run(inbound=caller, outbound=agent, speed=0)
+        await wait_ended(bridge, sim.call_sid)
+        figures = await scrape(http, bridge.base_url)
+    assert figures.value("callbridge_scribe_connections_total") == 2
+    assert figures.value("callbridge_scribe_reconnects_total") == 1
+    errors = figures.matching("callbridge_scribe_errors_total")
+    limit = frozenset({("kind", "session_time_limit_exceeded"), ("retryable", "true")})
+    assert errors.pop(limit) == 1
+    assert sum(errors.values()) == 2  # the two refused handshakes, whatever their kind
+    assert all(("retryable", "true") in labels for labels in errors)
+    assert figures.matching("callbridge_calls_degraded_total") == {}
+
+
+async def test_a_fatal_scribe_error_counts_a_degraded_call(
+    tmp_path: Path, emulator: ScribeEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.fail_after_audio(1500, error_type="input_error", close_code=1008)
+    async with running_bridge(bridge_settings(tmp_path, emulator.url, free_port())) as bridge:
+        caller, agent = two_party_call()
+        sim = bridge.simulator()
+        await sim.run(inbound=caller, outbound=agent, speed=0)
+        await wait_ended(bridge, sim.call_sid)
+        figures = await scrape(http, bridge.base_url)
+    fatal = {"kind": "input_error", "retryable": "false"}
+    assert figures.value("callbridge_scribe_errors_total", fatal) == 1
+    assert figures.value("callbridge_calls_degraded_total", {"reason": "scribe_input_error"}) == 1
+    assert figures.value("callbridge_calls_ended_total", {"reason": "error"}) == 1
 
 
 async def test_two_applications_in_one_process_do_not_share_figures(

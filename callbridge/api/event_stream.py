@@ -28,16 +28,15 @@ import structlog
 from aiohttp import web
 
 from callbridge.ai_summary.records import ai_summary_pending
-from callbridge.context import METRICS, SETTINGS, STORE
+from callbridge.context import LIVE_FEED, METRICS, SETTINGS, STORE
 from callbridge.http_errors import json_error
-from callbridge.live_feed import FETCH_PAGE, EventSubscription, LiveFeed, LivePartial
+from callbridge.live_feed import FETCH_PAGE, EventSubscription, LiveFeed
 from callbridge.metrics import DISABLED, BridgeMetrics
-from callbridge.models import rfc3339, utc_now
+from callbridge.models import LivePartial, rfc3339, utc_now
 from callbridge.store.base import CallStatus, Store, StoredEvent
 
 log = structlog.get_logger("callbridge.api.events")
 
-LIVE_FEED = web.AppKey("live_feed", LiveFeed)
 PARTIAL_EVENT = "transcript.partial"
 CALL_ENDED = "call.ended"
 RECONNECT_MS = 3000

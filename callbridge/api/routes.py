@@ -28,7 +28,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from callbridge.api.auth import v1_middleware
-from callbridge.api.event_stream import LIVE_FEED, stream_call_events
+from callbridge.api.event_stream import stream_call_events
 from callbridge.api.formats import (
     CONTENT_TYPES,
     TEXT_RENDERERS,
@@ -38,7 +38,7 @@ from callbridge.api.formats import (
     transcript_to_json,
 )
 from callbridge.api.openapi import openapi_document
-from callbridge.context import LIVE_CALLS, SETTINGS, STORE
+from callbridge.context import LIVE_CALLS, LIVE_FEED, SETTINGS, STORE
 from callbridge.http_errors import json_error
 from callbridge.live_feed import LiveFeed
 from callbridge.store.base import CallRecord, CallStatus

@@ -1,11 +1,14 @@
 """Counts calls and segments as the call sink sees them: one branch of the fan-out.
 
 It runs after the store's branch, so what it counts has been stored: calls started, ended
-by reason and degraded by kind, segments with text, and the audio a call lost (counted when
-the call ends, from its :class:`~callbridge.models.CallEnded`).
+by reason and degraded by kind, segments with text and how long after the end of their
+speech they were stored, and the audio a call lost (counted when the call ends, from its
+:class:`~callbridge.models.CallEnded`).
 """
 
 from __future__ import annotations
+
+import time
 
 from callbridge.metrics.definitions import BridgeMetrics, degraded_kind
 from callbridge.models import CallEnded, CallInfo, CommittedSegment
@@ -23,6 +26,8 @@ class CallMetricsSink:
     async def segment_committed(self, segment: CommittedSegment) -> None:
         if segment.text.strip():
             self._metrics.segments.inc()
+        if segment.speech_ended_at is not None:  # None when replayed from a journal
+            self._metrics.transcript_latency.observe(time.monotonic() - segment.speech_ended_at)
 
     async def call_ended(self, ended: CallEnded) -> None:
         m = self._metrics
