@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 
 from callbridge.config import Settings
-from callbridge.context import LIVE_FEED
-from callbridge.models import CommittedSegment, Track
+from callbridge.context import LIVE_FEED, STORE
+from callbridge.jobs.model import NewJob
+from callbridge.models import CommittedSegment, Track, utc_now
 from callbridge.store.base import StoredEvent
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.speech import build_track, pcm16_to_ulaw, synth_utterance
@@ -164,6 +165,27 @@ async def test_a_pending_ai_summary_keeps_the_stream_until_call_summarized(
         url = f"{bridge.base_url}/v1/calls/{call_sid}/events"
         again = await http.get(url, headers={**AUTH, "Last-Event-ID": summarized.event_id})
         assert again.status == 204
+
+
+async def test_unfinished_post_call_jobs_keep_the_stream_until_they_are_done(
+    tmp_path: Path, emulator: ScribeEmulator, http: aiohttp.ClientSession
+) -> None:
+    settings = settings_for(tmp_path, emulator, events_poll_s=0.1)
+    async with running_bridge(settings) as bridge:
+        call_sid = await play_ended_call(bridge)
+        jobs = bridge.app[STORE].jobs
+        now = utc_now()
+        await jobs.enqueue([NewJob("test_postcall", call_sid)], now)
+        reader = await open_stream(http, bridge, call_sid)
+        collecting = asyncio.ensure_future(reader.collect())
+        await asyncio.sleep(0.5)
+        assert not collecting.done()  # replayed through call.ended, and waiting
+        [job] = await jobs.claim("test_postcall", now, 1, "test-runner", 60)
+        await asyncio.sleep(0.3)
+        assert not collecting.done()  # running is not done
+        assert await jobs.complete(job.job_id, "test-runner", now)
+        replayed = await asyncio.wait_for(collecting, 5)  # ends soon after the work is done
+        assert [m.event for m in replayed][-1] == "call.ended"
 
 
 async def test_refusals_are_json_errors(

@@ -709,6 +709,25 @@ async def test_delivery_backlog_per_target(store: DurableStore, backend: Backend
         await fewer.close()
 
 
+async def test_unfinished_jobs_of_a_call(store: DurableStore, backend: Backend) -> None:
+    from callbridge.jobs.model import NewJob
+
+    now = backend.clock()
+    assert not await store.jobs.unfinished_for_call("CA1")
+    await store.jobs.enqueue([NewJob("a", "CA1"), NewJob("b", "CA1"), NewJob("a", "CA2")], now)
+    assert await store.jobs.unfinished_for_call("CA1")
+    claimed = await store.jobs.claim("a", now, 10, "me", 60)
+    assert {j.call_sid for j in claimed} == {"CA1", "CA2"}
+    for job in claimed:
+        assert await store.jobs.complete(job.job_id, "me", now)
+    assert await store.jobs.unfinished_for_call("CA1")  # b is still pending
+    assert not await store.jobs.unfinished_for_call("CA2")
+    [b] = await store.jobs.claim("b", now, 10, "me", 60)
+    assert await store.jobs.unfinished_for_call("CA1")  # running
+    assert await store.jobs.fail(b.job_id, "me", now, "no")
+    assert not await store.jobs.unfinished_for_call("CA1")
+
+
 async def test_purge_keeps_the_event_log(store: DurableStore, backend: Backend) -> None:
     await run_call(store, "CA1", segments=0)
     now = backend.clock()

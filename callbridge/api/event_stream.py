@@ -10,17 +10,19 @@ transcripts as ``event: transcript.partial`` (no ``id:``, never stored).
 
 The stream ends once the call has ended and nothing more will be stored for it: after
 ``call.ended``, unless post-call work that stores further events is still pending
-(:func:`post_call_pending`: an AI summary on its way), then after that work's events
-(``call.summarized``). A client that asks again after the last event gets ``204``,
-which tells an ``EventSource`` to stop reconnecting. A comment line goes out after
-``events_heartbeat_s`` without an event. A client that does not keep up (its buffer of
-``events_buffer`` events fills, or one write takes ``events_write_timeout_s``) is
-disconnected; it resumes from the store with ``Last-Event-ID``.
+(:func:`post_call_pending`: a post-call job of the call, an AI summary on its way), then
+after that work's events (``call.transcript_final``, ``call.summarized``). A client that
+asks again after the last event gets ``204``, which tells an ``EventSource`` to stop
+reconnecting. A comment line goes out after ``events_heartbeat_s`` without an event. A
+client that does not keep up (its buffer of ``events_buffer`` events fills, or one write
+takes ``events_write_timeout_s``) is disconnected; it resumes from the store with
+``Last-Event-ID``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import orjson
@@ -33,7 +35,7 @@ from callbridge.http_errors import json_error
 from callbridge.live_feed import FETCH_PAGE, EventSubscription, LiveFeed
 from callbridge.metrics import DISABLED, BridgeMetrics
 from callbridge.models import LivePartial, rfc3339, utc_now
-from callbridge.store.base import CallStatus, Store, StoredEvent
+from callbridge.store.base import CallStatus, DurableStore, StoredEvent
 
 log = structlog.get_logger("callbridge.api.events")
 
@@ -46,9 +48,16 @@ def metrics_of(request: web.Request) -> BridgeMetrics:
     return request.config_dict.get(METRICS) or DISABLED
 
 
-async def post_call_pending(store: Store, call_sid: str) -> bool:
+async def post_call_pending(store: DurableStore, call_sid: str) -> bool:
     """Whether work that stores more of the call's events after ``call.ended`` is pending:
-    the AI summary (its ``call.summarized`` is still to come)."""
+
+    * a post-call job of the call (the job queue, :mod:`callbridge.jobs`) is pending or
+      running: the batch transcript pass and its ``call.transcript_final``, for example;
+    * the call's AI summary is ``pending``: a ``call.summarized`` follows (stored in the same
+      transaction as the state that replaces ``pending``).
+    """
+    if await store.jobs.unfinished_for_call(call_sid):
+        return True
     call = await store.get_call(call_sid)
     return call is not None and ai_summary_pending(call)
 
@@ -88,7 +97,7 @@ class _Stream:
     def __init__(
         self,
         response: web.StreamResponse,
-        store: Store,
+        store: DurableStore,
         call_sid: str,
         write_timeout_s: float,
         metrics: BridgeMetrics,
@@ -100,11 +109,13 @@ class _Stream:
         self.write_timeout_s = write_timeout_s
         self.position = 0
         self.ended = False  # call.ended has been sent (or was before the client's place)
+        self.written_at = time.monotonic()
 
     async def write(self, data: bytes) -> None:
         try:
             async with asyncio.timeout(self.write_timeout_s):
                 await self.response.write(data)
+            self.written_at = time.monotonic()
         except TimeoutError:
             log.warning("events.client_dropped", call_sid=self.call_sid, reason="write_timeout")
             self.metrics.event_streams_dropped.labels(reason="write_timeout").inc()
@@ -188,7 +199,14 @@ async def stream_call_events(request: web.Request) -> web.StreamResponse:
             return response
         subscription = feed.subscribe(call_sid, stream.position)
         subscription.on_overflow = _dropper(request, call_sid)
-        await _follow(stream, subscription, feed, store, settings.events_heartbeat_s)
+        await _follow(
+            stream,
+            subscription,
+            feed,
+            store,
+            settings.events_heartbeat_s,
+            recheck_s=settings.events_poll_s,
+        )
     except StreamClosed as exc:
         log.info("events.stream_closed", call_sid=call_sid, reason=str(exc))
     except Exception as exc:  # the store failed mid-stream: the client resumes later
@@ -214,10 +232,14 @@ async def _follow(
     stream: _Stream,
     subscription: EventSubscription,
     feed: LiveFeed,
-    store: Store,
+    store: DurableStore,
     heartbeat_s: float,
+    recheck_s: float,
 ) -> None:
-    """Send what the feed offers until the call is over, the client lags, or the feed stops."""
+    """Send what the feed offers until the call is over, the client lags, or the feed stops.
+
+    After ``call.ended`` the post-call work is looked at again on every event and every
+    ``recheck_s`` (its last event may be stored a moment before the work is marked done)."""
     while True:
         if stream.ended and not await post_call_pending(store, stream.call_sid):
             await stream.catch_up()  # what was stored with call.ended or just after it
@@ -240,8 +262,11 @@ async def _follow(
             continue
         if not feed.running:
             return
+        idle_s = time.monotonic() - stream.written_at
+        wait_s = max(0.0, heartbeat_s - idle_s)
         try:
-            async with asyncio.timeout(heartbeat_s):
+            async with asyncio.timeout(min(wait_s, recheck_s) if stream.ended else wait_s):
                 await subscription.changed.wait()
         except TimeoutError:
-            await stream.write(b": keep-alive\n\n")
+            if time.monotonic() - stream.written_at >= heartbeat_s:
+                await stream.write(b": keep-alive\n\n")

@@ -107,6 +107,9 @@ class JobQueue(Protocol):
 
     async def get(self, kind: str, call_sid: str) -> Job | None: ...
 
+    async def unfinished_for_call(self, call_sid: str) -> bool:
+        """Whether any job of the call is pending or running (its events may follow)."""
+
     async def counts(self, kind: str | None = None) -> dict[JobStatus, int]:
         """Jobs per status (of one kind, or all)."""
 

@@ -154,6 +154,15 @@ class PostgresJobQueue:
             )
         return None if row is None else _job(row)
 
+    async def unfinished_for_call(self, call_sid: str) -> bool:
+        async with self._connection() as conn:
+            found = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE call_sid = $1 "
+                "AND status IN ('pending', 'running'))",
+                call_sid,
+            )
+        return bool(found)
+
     async def counts(self, kind: str | None = None) -> dict[JobStatus, int]:
         async with self._connection() as conn:
             if kind is None:

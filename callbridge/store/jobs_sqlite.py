@@ -158,6 +158,20 @@ class SqliteJobQueue:
         found: Job | None = await self._run(work)
         return found
 
+    async def unfinished_for_call(self, call_sid: str) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute(
+                    "SELECT 1 FROM jobs WHERE call_sid = ? AND status IN ('pending', 'running') "
+                    "LIMIT 1",
+                    (call_sid,),
+                ).fetchone()
+                is not None
+            )
+
+        unfinished: bool = await self._run(work)
+        return unfinished
+
     async def counts(self, kind: str | None = None) -> dict[JobStatus, int]:
         def work(conn: sqlite3.Connection) -> dict[JobStatus, int]:
             if kind is None:
