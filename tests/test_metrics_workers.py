@@ -90,7 +90,6 @@ async def test_one_scrape_reports_every_worker_and_forgets_dead_ones_live_calls(
         CALLBRIDGE_TURNS_CATCHUP_SPEED="1000",
         CALLBRIDGE_LOGGING_LEVEL="warning",
     )
-    started = time.monotonic()
     proc = subprocess.Popen(  # noqa: ASYNC220 (starting the server under test is instant)
         [sys.executable, "-m", "callbridge", "serve", "--workers", "2"],
         env=env,
@@ -106,6 +105,7 @@ async def test_one_scrape_reports_every_worker_and_forgets_dead_ones_live_calls(
 
     try:
         await wait_healthy(public, proc)
+        serving_since = time.monotonic()  # the parent counts its grace from before this
         async with aiohttp.ClientSession() as http:
             # Calls until both workers have taken some (the kernel spreads connections).
             calls = 0
@@ -151,7 +151,8 @@ async def test_one_scrape_reports_every_worker_and_forgets_dead_ones_live_calls(
             assert (await scrape(http, public, "test-api-token")).value(
                 "callbridge_live_calls"
             ) == 1
-            await asyncio.sleep(max(0.0, started + WORKER_START_GRACE_S + 0.5 - time.monotonic()))
+            grace_left = serving_since + WORKER_START_GRACE_S + 0.5 - time.monotonic()
+            await asyncio.sleep(max(0.0, grace_left))
             before = set(per_process(metrics_dir, tmp_path))
             os.kill(holder, signal.SIGKILL)
             await serving_pid_other_than(public, before)
