@@ -140,13 +140,16 @@ async def test_the_page_follows_a_live_call_speaker_by_speaker_then_shows_the_su
         "status": "ready",
         "gist": "The caller's parcel never arrived; the agent sends a new one.",
         "reason": "missing parcel",
-        "outcome": {"status": "resolved", "summary": "A replacement ships today."},
+        "outcome": {"status": "resolved", "text": "A replacement ships today."},
         "action_items": [{"owner": "agent", "text": "Ship the replacement"}],
         "sentiment": {"caller": "negative", "agent": "positive"},
     }
     event = call_summarized_event(sim.call_sid, ai)
     assert await bridge.store.set_ai_summary(sim.call_sid, ai, [event])
     await expect(summary.locator("#ai-gist")).to_have_text(ai["gist"], timeout=WAIT_MS)
+    await expect(summary.locator("#ai-details")).to_contain_text(
+        "Outcomeresolved: A replacement ships today."
+    )
     await expect(summary.get_by_role("list", name="Action items")).to_have_text(
         "agent: Ship the replacement"
     )

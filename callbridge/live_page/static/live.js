@@ -413,7 +413,7 @@
     }
     const facts = [];
     if (ai.reason) facts.push(["Reason", ai.reason]);
-    if (ai.outcome) facts.push(["Outcome", [ai.outcome.status, ai.outcome.summary].filter(Boolean).join(": ")]);
+    if (ai.outcome) facts.push(["Outcome", [ai.outcome.status, ai.outcome.text].filter(Boolean).join(": ")]);
     if (ai.sentiment) {
       facts.push(["Sentiment", Object.entries(ai.sentiment).map(([who, s]) => `${who} ${s}`).join(", ")]);
     }
