@@ -14,8 +14,9 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from callbridge.config import JobSettings, SummarySettings
+from callbridge.testing.llm_emulator import LLMEmulator
 from callbridge.testing.scribe_emulator import ScribeEmulator
-from callbridge.webhooks.events import call_summarized_event
 from tests.bridge_harness import (
     API_TOKEN,
     RunningBridge,
@@ -51,11 +52,21 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.fixture
 async def bridge(tmp_path: Path) -> AsyncIterator[RunningBridge]:
+    """The bridge with the AI summary on, written by the LLM emulator a second after the
+    call (so the page first shows it pending)."""
     async with (
         ScribeEmulator(api_key="test-key", transcriber="tones") as emulator,
-        running_bridge(bridge_settings(tmp_path, emulator.url, free_port())) as running,
+        LLMEmulator(latency_s=1.0) as llm,
     ):
-        yield running
+        settings = bridge_settings(tmp_path, emulator.url, free_port())
+        settings = settings.replace(
+            summary=SummarySettings(
+                llm_url=llm.url, llm_model=llm.model, llm_key=llm.api_key or ""
+            ),
+            jobs=JobSettings(poll_interval_s=0.05),
+        )
+        async with running_bridge(settings) as running:
+            yield running
 
 
 async def connected_page(browser: Browser, bridge: RunningBridge) -> Page:
@@ -123,8 +134,6 @@ async def test_the_page_follows_a_live_call_speaker_by_speaker_then_shows_the_su
     assert record is not None and record.status == "live"  # shown while the call is live
     await expect(page.locator("#summary")).to_be_hidden()
 
-    # The AI summary is on its way when the call ends: the page waits for it.
-    assert await bridge.store.set_ai_summary(sim.call_sid, {"status": "pending"}, [])
     await sim.send_frames(caller[half:], agent[half:], speed=0, start_timestamp_ms=resume_at)
     await sim.send_stop()
     third = turn(page, 3)
@@ -136,23 +145,21 @@ async def test_the_page_follows_a_live_call_speaker_by_speaker_then_shows_the_su
     await expect(speakers.get_by_role("rowheader")).to_have_text(["caller", "agent"])
     await expect(summary.locator("#summary-facts")).to_contain_text("Segments3")
 
-    ai = {
-        "status": "ready",
-        "gist": "The caller's parcel never arrived; the agent sends a new one.",
-        "reason": "missing parcel",
-        "outcome": {"status": "resolved", "text": "A replacement ships today."},
-        "action_items": [{"owner": "agent", "text": "Ship the replacement"}],
-        "sentiment": {"caller": "negative", "agent": "positive"},
-    }
-    event = call_summarized_event(sim.call_sid, ai)
-    assert await bridge.store.set_ai_summary(sim.call_sid, ai, [event])
-    await expect(summary.locator("#ai-gist")).to_have_text(ai["gist"], timeout=WAIT_MS)
+    # The AI summary is written after the call (a second here): pending, then shown.
+    await expect(summary.locator("#ai-status")).to_have_text("The AI summary is being written…")
+    await expect(summary.locator("#ai-gist")).to_be_visible(timeout=WAIT_MS)
+    await expect(summary.locator("#ai-status")).to_be_hidden()
+    record = await bridge.store.get_call(sim.call_sid)
+    assert record is not None and record.ai_summary is not None
+    ai = record.ai_summary
+    assert ai["status"] == "ready"
+    await expect(summary.locator("#ai-gist")).to_have_text(ai["gist"])
+    outcome = ai["outcome"]
     await expect(summary.locator("#ai-details")).to_contain_text(
-        "Outcomeresolved: A replacement ships today."
+        f"Outcome{outcome['status']}: {outcome['text']}"
     )
-    await expect(summary.get_by_role("list", name="Action items")).to_have_text(
-        "agent: Ship the replacement"
-    )
+    items = [f"{item['owner']}: {item['text']}" for item in ai["action_items"]]
+    await expect(summary.get_by_role("list", name="Action items").locator("li")).to_have_text(items)
     await expect(page.get_by_role("status")).to_have_text(
         "The call has ended; nothing more will come.", timeout=WAIT_MS
     )
@@ -173,6 +180,7 @@ async def test_a_wrong_token_is_refused_and_the_token_never_enters_a_url(
     seen: list[str] = []
     page.on("request", lambda request: seen.append(request.url))
     await page.goto(f"{bridge.base_url}/live")
+    await expect(page.get_by_role("navigation", name="Calls")).to_be_hidden()  # not before
     await page.get_by_label("API token").fill("not-the-token")
     await page.keyboard.press("Enter")  # the form works from the keyboard
     await expect(page.get_by_role("alert")).to_contain_text("not accepted")
