@@ -1,4 +1,4 @@
--- callbridge schema 5 (SQLite): indexes for what is read often, so it is never a table
+-- callbridge schema 6 (SQLite): indexes for what is read often, so it is never a table
 -- scan: the webhook backlog per target (pending deliveries and the oldest one's age, read at
 -- every /metrics scrape), and whether a call still has post-call work (its event stream
 -- stays open until that work is done).
