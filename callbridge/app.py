@@ -125,6 +125,7 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
             live_calls=registry.__len__,
             frames_received=lambda: registry.frames_received,
             event_streams=lambda: feed.subscribers,
+            media_refused=lambda: registry.refused,
         ),
     )
     return app

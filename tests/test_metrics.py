@@ -12,6 +12,7 @@ import pytest
 from callbridge.config import MetricsSettings
 from callbridge.metrics import degraded_kind
 from callbridge.testing.scribe_emulator import ScribeEmulator
+from callbridge.testing.twilio_simulator import SimulatorHandshakeError, TwilioCallSimulator
 from callbridge.testing.webhook_receiver import WebhookReceiver
 from tests.bridge_harness import API_TOKEN, bridge_settings, free_port, running_bridge
 from tests.metrics_scrape import scrape
@@ -174,6 +175,25 @@ async def test_a_fatal_scribe_error_counts_a_degraded_call(
     assert figures.value("callbridge_scribe_errors_total", fatal) == 1
     assert figures.value("callbridge_calls_degraded_total", {"reason": "scribe_input_error"}) == 1
     assert figures.value("callbridge_calls_ended_total", {"reason": "error"}) == 1
+
+
+async def test_refused_media_sockets_are_counted_by_reason(
+    tmp_path: Path, emulator: ScribeEmulator, http: aiohttp.ClientSession
+) -> None:
+    async with running_bridge(bridge_settings(tmp_path, emulator.url, free_port())) as bridge:
+        forged = TwilioCallSimulator(
+            bridge.ws_url, auth_token="not-twilio", public_url=bridge.settings.server.public_url
+        )
+        with pytest.raises(SimulatorHandshakeError):
+            await forged.connect()
+        tokenless = bridge.simulator(stream_secret=None)  # no cb_token for its call
+        await tokenless.run(inbound=track(600, [], 1), speed=0, end="none")
+        await tokenless.wait_closed()
+        figures = await scrape(http, bridge.base_url)
+    assert tokenless.close_code == 1008
+    assert figures.value("callbridge_media_sockets_refused_total", {"reason": "signature"}) == 1
+    assert figures.value("callbridge_media_sockets_refused_total", {"reason": "stream_token"}) == 1
+    assert figures.value("callbridge_calls_started_total") == 0
 
 
 async def test_two_applications_in_one_process_do_not_share_figures(

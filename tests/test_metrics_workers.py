@@ -19,7 +19,7 @@ from prometheus_client import generate_latest
 from callbridge.metrics.multiprocess import scrape_registry
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.twilio_simulator import TwilioCallSimulator
-from tests.bridge_harness import AUTH_TOKEN, free_port
+from tests.bridge_harness import AUTH_TOKEN, STREAM_SECRET, free_port
 from tests.metrics_scrape import Scrape, scrape
 from tests.test_bridge_e2e import track
 from tests.test_serve_process import serve_env, wait_healthy
@@ -100,7 +100,10 @@ async def test_one_scrape_reports_every_worker_and_forgets_dead_ones_live_calls(
 
     def simulator() -> TwilioCallSimulator:
         return TwilioCallSimulator(
-            f"ws://127.0.0.1:{port}/twilio/media", auth_token=AUTH_TOKEN, public_url=public
+            f"ws://127.0.0.1:{port}/twilio/media",
+            auth_token=AUTH_TOKEN,
+            public_url=public,
+            stream_secret=STREAM_SECRET,
         )
 
     try:

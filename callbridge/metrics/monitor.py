@@ -2,14 +2,15 @@
 
 The per-frame path never touches a metric: a call session counts its frames in a plain
 integer, and :class:`ProcessMonitor` adds what the process received since its last look to
-the frames counter once a second (and once more when it stops). The same loop sets the live
-gauges and measures how late the event loop runs a timer, four times a second.
+the frames counter once a second (and once more when it stops); the media sockets the
+bridge refused, which it counts by reason, the same way. The same loop sets the live gauges
+and measures how late the event loop runs a timer, four times a second.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from callbridge.metrics.definitions import BridgeMetrics
@@ -25,6 +26,7 @@ class ProcessFigures:
     live_calls: Callable[[], int]
     frames_received: Callable[[], int]  # since the process started, never decreasing
     event_streams: Callable[[], int]
+    media_refused: Callable[[], Mapping[str, int]]  # by reason, since the process started
 
 
 class ProcessMonitor:
@@ -35,6 +37,7 @@ class ProcessMonitor:
         self._figures = figures
         self._tick_s = tick_s
         self._frames_reported = 0
+        self._refused_reported: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -54,6 +57,11 @@ class ProcessMonitor:
         if frames > self._frames_reported:
             m.media_frames.inc(frames - self._frames_reported)
             self._frames_reported = frames
+        for reason, count in figures.media_refused().items():
+            reported = self._refused_reported.get(reason, 0)
+            if count > reported:
+                m.media_refused.labels(reason=reason).inc(count - reported)
+                self._refused_reported[reason] = count
         m.live_calls.set(figures.live_calls())
         m.event_streams.set(figures.event_streams())
 
