@@ -7,11 +7,15 @@ Then it plays the bundled two-speaker sample call through the real code path as 
 call, prints every ``transcript.committed`` event as the receiver gets it, the post-call
 summary from the ``call.ended`` event, and the AI summary from ``call.summarized``: written
 by the LLM at ``CALLBRIDGE_SUMMARY_LLM_URL`` when it is set, else by the bundled LLM
-emulator (every text marked ``[emulated]``).
+emulator (every text marked ``[emulated]``). Then the same call on a bad line
+(``noisy_call.wav``: babble, street noise, 12 s of hold music with the caller talking over
+it, key presses, a cough, a click before hang-up), with a report of how the background was
+handled, checked against the call's ground truth.
 
 It also prints the address of the live page (``/live``) and the demo's API token, so the
-call can be watched in a browser as it is transcribed; the page stays up for a while after
-the call (``--linger``, 60 s when run from a terminal) or until Ctrl-C (``--keep``).
+calls can be watched in a browser as they are transcribed; the page stays up for a while
+after the last call (``--linger``, 60 s when run from a terminal) or until Ctrl-C
+(``--keep``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import json
 import secrets
 import signal
 import socket
@@ -76,6 +81,7 @@ LLM_EMULATOR_NOTICE = (
 CALL_END_WAIT_S = 60.0
 AI_SUMMARY_WAIT_S = 300.0  # a real LLM retried through a few failures
 DEFAULT_LINGER_S = 60.0
+NOISY_CALL = "noisy_call.wav"
 AS_FAST_AS_POSSIBLE = 100.0  # what --speed 0 amounts to, for the turn settings
 
 
@@ -142,11 +148,17 @@ class EventPrinter:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.seen: set[str] = set()
-        loop = asyncio.get_running_loop()
-        self.call_ended: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self.call_summarized: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self.arrived: dict[str, float] = {}  # event type → when it first arrived
+        self._expected: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+        self.arrived: dict[tuple[str, str], float] = {}  # (call, event type) → first arrival
+        self.segments: dict[str, list[dict[str, Any]]] = {}  # call → its segments, in order
         self.bad_signatures = 0
+
+    def expect(self, call_sid: str, event_type: str) -> asyncio.Future[dict[str, Any]]:
+        """The ``data`` of the call's first event of this type, once it arrives."""
+        key = (call_sid, event_type)
+        if key not in self._expected:
+            self._expected[key] = asyncio.get_running_loop().create_future()
+        return self._expected[key]
 
     def __call__(self, request: ReceivedRequest) -> Reply:
         if request.signature_valid is False:
@@ -157,14 +169,15 @@ class EventPrinter:
         if webhook_id in self.seen:  # at-least-once delivery: a retry of one already shown
             return Reply(200)
         self.seen.add(webhook_id)
-        self.arrived.setdefault(request.event_type or "", request.received_monotonic)
         data = request.data
+        key = (str(data.get("call_sid", "")), request.event_type or "")
+        self.arrived.setdefault(key, request.received_monotonic)
         if request.event_type == "transcript.committed":
             self.console.line(segment_line(data))
-        elif request.event_type == "call.ended" and not self.call_ended.done():
-            self.call_ended.set_result(data)
-        elif request.event_type == "call.summarized" and not self.call_summarized.done():
-            self.call_summarized.set_result(data)
+            self.segments.setdefault(key[0], []).append(data)
+        waiting = self.expect(*key)
+        if not waiting.done():
+            waiting.set_result(data)
         return Reply(200)
 
 
@@ -210,7 +223,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
     else:
         console.line(LLM_EMULATOR_NOTICE)
     configure_logging(base.logging.format, "info" if args.verbose else "warning")
-    tracks = load_call_audio(args.wav or sample_call_path())
+    calls = demo_calls(args)
     twilio_token = secrets.token_hex(16)
     api_token = secrets.token_urlsafe(24)
     webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode("ascii")
@@ -265,56 +278,121 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             public_url=settings.server.public_url,
             auth_token=twilio_token,
         )
-        total_s = max(len(audio) for audio in tracks.values()) / 8000
-        source = Path(args.wav).name if args.wav else "the bundled sample call"
-        console.line(
-            f"callbridge demo: bridge on {bridge.url}, webhooks to {receiver.url}; "
-            f"playing {source} ({total_s:.1f} s, caller and agent) at {speed_text(speed)}"
-        )
-        console.line(
-            f"callbridge demo: watch it live at {bridge.url}{LIVE_PATH} "
-            f"(paste the API token {api_token})"
-        )
-        console.line("")
-        call_sid = new_call_sid()
-        async with aiohttp.ClientSession() as session:
-            await play_call(
-                session,
-                bridge,
-                tracks,
-                call_sid=call_sid,
-                speed=speed,
-                on_progress=lambda sent, total: console.progress(progress_text(sent, total)),
+        for number, (source, path, truth) in enumerate(calls, start=1):
+            tracks = load_call_audio(path)
+            total_s = max(len(audio) for audio in tracks.values()) / 8000
+            if number > 1:
+                console.line("")
+                console.line("-" * 78)
+            console.line(
+                f"callbridge demo: bridge on {bridge.url}, webhooks to {receiver.url}; "
+                f"playing {source} ({total_s:.1f} s, caller and agent) at {speed_text(speed)}"
             )
-        console.progress("")
-        ended = await webhook_within(printer.call_ended, "call.ended", CALL_END_WAIT_S)
-        summary = ended.get("summary") or {}
-        console.line("")
-        for line in summary_lines(summary):
-            console.line(line)
-        console.progress("AI summary: waiting for the LLM…")
-        summarized = await webhook_within(
-            printer.call_summarized, "call.summarized", AI_SUMMARY_WAIT_S
-        )
-        console.progress("")
-        console.line("")
-        waited_s = printer.arrived["call.summarized"] - printer.arrived["call.ended"]
-        for line in ai_summary_lines(summarized.get("ai") or {}, waited_s):
-            console.line(line)
-        if summary.get("reason") == "error" or summary.get("degraded"):
-            raise SimulateError(
-                "the call was not fully transcribed "
-                f"({summary.get('degraded') or 'ended by ' + str(summary.get('reason'))}); "
-                "check ELEVENLABS_API_KEY and the network, and run with --verbose"
+            console.line(
+                f"callbridge demo: watch it live at {bridge.url}{LIVE_PATH} "
+                f"(paste the API token {api_token})"
             )
+            console.line("")
+            call_sid = new_call_sid()
+            ended_arrival = printer.expect(call_sid, "call.ended")
+            summarized_arrival = printer.expect(call_sid, "call.summarized")
+            async with aiohttp.ClientSession() as session:
+                await play_call(
+                    session,
+                    bridge,
+                    tracks,
+                    call_sid=call_sid,
+                    speed=speed,
+                    on_progress=lambda sent, total: console.progress(progress_text(sent, total)),
+                )
+            console.progress("")
+            ended = await webhook_within(ended_arrival, "call.ended", CALL_END_WAIT_S)
+            summary = ended.get("summary") or {}
+            console.line("")
+            for line in summary_lines(summary):
+                console.line(line)
+            if truth is not None:
+                console.line("")
+                for line in bad_line_report(truth, printer.segments.get(call_sid, []), ended):
+                    console.line(line)
+            console.progress("AI summary: waiting for the LLM…")
+            summarized = await webhook_within(
+                summarized_arrival, "call.summarized", AI_SUMMARY_WAIT_S
+            )
+            console.progress("")
+            console.line("")
+            waited_s = (
+                printer.arrived[(call_sid, "call.summarized")]
+                - printer.arrived[(call_sid, "call.ended")]
+            )
+            for line in ai_summary_lines(summarized.get("ai") or {}, waited_s):
+                console.line(line)
+            if summary.get("reason") == "error" or summary.get("degraded"):
+                raise SimulateError(
+                    "the call was not fully transcribed "
+                    f"({summary.get('degraded') or 'ended by ' + str(summary.get('reason'))}); "
+                    "check ELEVENLABS_API_KEY and the network, and run with --verbose"
+                )
         signed = "all signatures valid" if not printer.bad_signatures else "SIGNATURE ERRORS"
         console.line("")
         console.line(
-            f"callbridge demo: {len(printer.seen)} webhook events received ({signed}); "
-            f"call {call_sid}. Next: `callbridge serve` for real calls (see the README)."
+            f"callbridge demo: {len(printer.seen)} webhook events received ({signed}) for "
+            f"{len(calls)} call(s). Next: `callbridge serve` for real calls (see the README)."
         )
         await keep_serving(console, f"{bridge.url}{LIVE_PATH}", args.keep, linger_s(args))
     return 0 if not printer.bad_signatures else 1
+
+
+DemoCall = tuple[str, Path, dict[str, Any] | None]
+
+
+def demo_calls(args: argparse.Namespace) -> list[DemoCall]:
+    """(what to call it, WAV, ground truth for the bad-line report) of each call to play."""
+    if args.wav:
+        return [(Path(args.wav).name, Path(args.wav), None)]
+    sample = sample_call_path()
+    noisy = sample.with_name(NOISY_CALL)
+    chosen: list[DemoCall] = []
+    if args.call in ("sample", "both"):
+        chosen.append(("the bundled sample call", sample, None))
+    if args.call in ("noisy", "both"):
+        truth = json.loads(noisy.with_suffix(".json").read_text(encoding="utf-8"))
+        chosen.append(("the sample call on a bad line (noisy_call.wav)", noisy, truth))
+    return chosen
+
+
+def bad_line_report(
+    truth: dict[str, Any], segments: list[dict[str, Any]], ended: dict[str, Any]
+) -> list[str]:
+    """What the bridge made of the noisy call's background, against its ground truth."""
+    hold = truth["hold_music"]
+    in_hold = [
+        s for s in segments if hold["start_ms"] <= int(s.get("start_ms", 0)) < hold["end_ms"]
+    ]
+    agent_in_hold = [s for s in in_hold if s.get("track") == "outbound"]
+    answer = next(t for t in truth["turns"] if hold["start_ms"] <= t["start_ms"] < hold["end_ms"])
+    answered = [
+        s
+        for s in in_hold
+        if s.get("track") == "inbound"
+        and int(s.get("start_ms", 0)) <= answer["end_ms"]
+        and int(s.get("end_ms", 0)) >= answer["start_ms"]
+    ]
+    summary = ended.get("summary") or {}
+    sequences = [int(s.get("sequence", 0)) for s in segments]
+    gap_free = sequences == list(range(1, len(sequences) + 1))
+    return [
+        "Bad line, checked against noisy_call.json:",
+        f"  hold music {hold['start_ms'] / 1000:.1f}–{hold['end_ms'] / 1000:.1f} s on the "
+        f"agent's track: {len(agent_in_hold)} agent segments in it",
+        f"  the caller talking over the music ({answer['start_ms'] / 1000:.1f}–"
+        f"{answer['end_ms'] / 1000:.1f} s): {len(answered)} caller segment(s), "
+        "not held back behind the music",
+        "  babble, street noise, DTMF, a cough, a click before hang-up: "
+        f"{summary.get('empty_transcripts', 0)} commits answered empty, none numbered",
+        f"  segments {len(segments)}, sequence 1..{len(segments)} "
+        f"{'without gaps' if gap_free else 'WITH GAPS'}; every segment one speaker",
+    ]
 
 
 def ai_summary_lines(ai: dict[str, Any], waited_s: float) -> list[str]:
@@ -384,7 +462,8 @@ def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         description=(
             "Start the real bridge in-process with a temporary database, a local webhook "
             "receiver (signatures verified) and, without ELEVENLABS_API_KEY, the bundled "
-            "Scribe emulator; play the bundled two-speaker call through it as a Twilio call; "
+            "Scribe emulator; play the bundled two-speaker call through it as a Twilio call, "
+            "then the same call on a bad line (babble, hold music, key presses); "
             "print each transcript.committed webhook, the post-call summary and the AI summary "
             "(from CALLBRIDGE_SUMMARY_LLM_URL if set, else from the bundled LLM emulator). "
             "No network is needed without a key or an LLM URL."
@@ -401,7 +480,14 @@ def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "default with ELEVENLABS_API_KEY)",
     )
     parser.add_argument(
-        "--wav", metavar="FILE", default=None, help="play this WAV instead of the sample call"
+        "--call",
+        choices=("both", "sample", "noisy"),
+        default="both",
+        help="the bundled calls to play: the sample call, the same call on a bad line "
+        "(babble, street noise, hold music, key presses), or both (the default)",
+    )
+    parser.add_argument(
+        "--wav", metavar="FILE", default=None, help="play this WAV instead of the bundled calls"
     )
     parser.add_argument(
         "--keep",

@@ -50,7 +50,9 @@ def test_demo_prints_the_sample_call_turn_by_turn_and_a_summary() -> None:
     result = run_demo("--speed", "16")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    first_call, second_call = result.stdout.split("-" * 78 + "\n")
+    check_the_noisy_call(second_call.splitlines())
+    lines = first_call.splitlines()
     assert "no ELEVENLABS_API_KEY" in lines[0]
     assert "emulator" in lines[0]
 
@@ -80,7 +82,7 @@ def test_demo_prints_the_sample_call_turn_by_turn_and_a_summary() -> None:
     summary = "\n".join(lines[summary_at:])
     assert "caller  talk" in summary and "agent   talk" in summary
     assert "overlap" in summary and "silence" in summary
-    assert "all signatures valid" in summary
+    assert "all signatures valid" in result.stdout.splitlines()[-1]
 
     # the AI summary of the sample call, from the bundled LLM emulator, marked as such
     assert "no CALLBRIDGE_SUMMARY_LLM_URL" in lines[1] and "LLM emulator" in lines[1]
@@ -107,6 +109,8 @@ async def test_demo_uses_the_configured_llm() -> None:
             "-m",
             "callbridge",
             "demo",
+            "--call",
+            "sample",
             "--speed",
             "0",
             env=env,
@@ -132,6 +136,8 @@ async def test_demo_serves_the_live_page_with_the_call_and_lingers() -> None:
         "-m",
         "callbridge",
         "demo",
+        "--call",
+        "sample",
         "--speed",
         "16",
         "--linger",
@@ -165,6 +171,31 @@ async def test_demo_serves_the_live_page_with_the_call_and_lingers() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def check_the_noisy_call(lines: list[str]) -> None:
+    """The second call: the sample call on a bad line, and the report of its background."""
+    assert "noisy_call.wav" in lines[0]
+    truth = json.loads(sample_call_path().with_name("noisy_call.json").read_text())
+    hold = truth["hold_music"]
+    segments = [match.groups() for line in lines if (match := SEGMENT.match(line))]
+    starts_ms = [round((int(m) * 60 + float(s)) * 1000) for m, s, _, _ in segments]
+    in_hold = [
+        speaker
+        for start, (*_, speaker, _) in zip(starts_ms, segments, strict=True)
+        if hold["start_ms"] <= start < hold["end_ms"]
+    ]
+    assert "agent" not in in_hold and "caller" in in_hold  # music: no agent words
+    for turn in truth["turns"]:  # every line is still heard, on its speaker
+        assert any(
+            speaker == turn["speaker"] and abs(start - turn["start_ms"]) <= 500
+            for start, (*_, speaker, _) in zip(starts_ms, segments, strict=True)
+        ), turn
+    report = "\n".join(lines[lines.index("Bad line, checked against noisy_call.json:") :])
+    assert ": 0 agent segments in it" in report
+    assert "1 caller segment(s), not held back" in report
+    assert "commits answered empty, none numbered" in report
+    assert f"segments {len(segments)}, sequence 1..{len(segments)} without gaps" in report
 
 
 @pytest.mark.parametrize(

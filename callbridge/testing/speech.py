@@ -174,6 +174,7 @@ talking level of :func:`synth_utterance` (-26 dBFS RMS at its default -14 dBFS p
 far-off talkers 12 dB or more below it are background, as they are for a recogniser tuned
 for a handset."""
 KEY_DOMINANCE_DB = 4.0
+COMB_SHARE = 0.3
 TALKER_GATE_DB = 8.0
 NOISE_MARGIN_DB = 10.0
 
@@ -185,7 +186,8 @@ def voiced_frames(pcm: Pcm16, sample_rate: int = 8000) -> npt.NDArray[np.bool_]:
     of its harmonics (and 60 % of those in the band) stand 6 dB or more above the local
     spectral floor. A voice's glottal source makes such a comb across the band; a tone or
     a DTMF pair has one or two partials, music a handful that do not share a voice pitch,
-    noise and coughs no comb at all.
+    noise and coughs no comb at all. The comb must also carry ``COMB_SHARE`` of the block's
+    power, so that a loud tone or cough over a quiet voice is not taken for that voice.
     """
     samples = np.asarray(pcm, dtype=np.float64)
     frame_len = _samples(FRAME_MS, sample_rate)
@@ -217,7 +219,25 @@ def voiced_frames(pcm: Pcm16, sample_rate: int = 8000) -> npt.NDArray[np.bool_]:
     present = (prominence[:, bins] >= 6.0) & in_band[None, :, :]
     counts = present.sum(axis=2)  # (block, pitch)
     ratio = counts / np.maximum(1, in_band.sum(axis=1))[None, :]
-    voiced_block = ((counts >= 8) & (ratio >= 0.6)).any(axis=1)
+    # The comb must carry a good part of the sound, not be a quiet voice under a loud
+    # tone or cough: the power within ±24 Hz of its harmonics, against the band's.
+    power = 10 ** (spectrum / 10)
+    span = max(1, int(24 / bin_hz))
+    near = np.stack([np.convolve(row, np.ones(2 * span + 1), mode="same") for row in power])
+    low, high = int(200 / bin_hz), int(band_top / bin_hz)
+    band_power = power[:, low:high].sum(axis=1) + 1e-12
+    harmonic_power = near[:, bins] * in_band[None, :, :]  # (block, pitch, harmonic)
+    comb_power = harmonic_power.sum(axis=2)
+    share = comb_power / band_power[:, None]
+    # ...spread over several harmonics, as a glottal source's is (two loud tones that
+    # happen to sit on some pitch's harmonics, a DTMF pair, are not a voice). The
+    # strongest harmonic is left out: a voice may have one that stands out.
+    strongest = harmonic_power.max(axis=2)
+    rest = comb_power - strongest
+    spread = rest**2 / ((harmonic_power**2).sum(axis=2) - strongest**2 + 1e-24)
+    voiced_block = ((counts >= 8) & (ratio >= 0.6) & (share >= COMB_SHARE) & (spread >= 3.0)).any(
+        axis=1
+    )
     for index, start in enumerate(starts):
         if voiced_block[index]:
             first = start // frame_len
@@ -243,7 +263,8 @@ def detect_words(
     no key partial: then every voiced run is a word).
 
     Runs separated by at most ``merge_gap_ms`` are merged; runs shorter than
-    ``min_word_ms`` are dropped.
+    ``min_word_ms`` are dropped, and so are runs whose own spectrum is tones or noise
+    (:func:`sounds_voiced`: a key press or a cough over babble).
     """
     levels = frame_levels_dbfs(pcm, sample_rate)
     if not len(levels):
@@ -279,11 +300,34 @@ def detect_words(
         if (end - start) * FRAME_MS < min_word_ms:
             continue
         segment = pcm[start * frame_len : end * frame_len]
+        if not sounds_voiced(segment, sample_rate):
+            continue
         freq, dominance_db = key_partial(segment, sample_rate)
         if require_key and dominance_db < KEY_DOMINANCE_DB:
             continue
         words.append(DetectedWord(start * FRAME_MS, end * FRAME_MS, freq))
     return words
+
+
+def sounds_voiced(pcm: Pcm16, sample_rate: int = 8000) -> bool:
+    """A run's own spectrum, whatever lies under it: not one or two tones (a DTMF pair
+    holds nearly all its power in two peaks), not noise (a cough or a knock is nearly as
+    flat as noise, a voice's harmonics are not)."""
+    samples = np.asarray(pcm, dtype=np.float64)
+    size = max(FFT_SIZE, 1 << (len(samples) - 1).bit_length())
+    power = np.abs(np.fft.rfft(samples * np.hanning(len(samples)), n=size)) ** 2
+    bin_hz = sample_rate / size
+    band = power[int(200 / bin_hz) : int(min(3400.0, sample_rate / 2 - 200) / bin_hz)]
+    total = float(band.sum()) + 1e-12
+    guard = int(30 / bin_hz)
+    peaks = band.copy()
+    in_peaks = 0.0
+    for _ in range(2):
+        top = int(np.argmax(peaks))
+        in_peaks += float(peaks[max(0, top - guard) : top + guard + 1].sum())
+        peaks[max(0, top - guard) : top + guard + 1] = 0.0
+    flatness = float(np.exp(np.mean(np.log(band + 1e-12)))) / (total / len(band))
+    return in_peaks / total < 0.8 and flatness < 0.1
 
 
 def key_partial(pcm: Pcm16, sample_rate: int = 8000) -> tuple[int, float]:
