@@ -43,6 +43,7 @@ from callbridge.http_limits import runner_options, setup_http_limits
 from callbridge.jobs.runner import JobRunner
 from callbridge.live_page import setup_live_page
 from callbridge.lost_calls import LostCallReaper
+from callbridge.masking import mask_url
 from callbridge.metrics import BridgeMetrics
 from callbridge.metrics.call_sink import CallMetricsSink
 from callbridge.metrics.exposition import setup_metrics
@@ -251,7 +252,7 @@ async def serve(settings: Settings, *, sock: socket.socket | None = None) -> Non
             "callbridge.serving",
             host=settings.server.host,
             port=settings.server.port,
-            public_url=settings.server.public_url,
+            public_url=mask_url(settings.server.public_url),
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
             frozen_objects=gc.get_freeze_count(),
             settings=redacted(settings),

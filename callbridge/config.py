@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from callbridge.event_loop import CHOICES as EVENT_LOOPS
 from callbridge.event_loop import uvloop_available
+from callbridge.masking import MASK, is_secret_name, mask_url
 from callbridge.redaction.kinds import parse_kinds
 
 DEFAULT_CONFIG_PATH = Path("config/callbridge.toml")
@@ -237,18 +238,6 @@ ENV_ALIASES: Mapping[str, tuple[str, str]] = {
     "HOST": ("server", "host"),
     "PORT": ("server", "port"),
 }
-
-SECRET_KEYS = frozenset(
-    {
-        ("scribe", "api_key"),
-        ("twilio", "auth_token"),
-        ("twilio", "shared_keys"),
-        ("twilio", "stream_secret"),
-        ("webhook", "secret"),
-        ("api", "tokens"),
-        ("summary", "llm_key"),
-    }
-)
 
 
 def env_name(section: str, key: str) -> str:
@@ -553,12 +542,24 @@ def with_stream_secret(settings: Settings) -> tuple[Settings, bool]:
 
 
 def redacted(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The settings as a dict with every secret masked, for logs and ``--print-config``."""
+    """The settings as a dict for logs, with every secret masked (:mod:`callbridge.masking`):
+    a text setting whose name says it is a secret (``api_key``, ``auth_token``,
+    ``shared_keys``, ``stream_secret``, ``secret``, ``tokens``, ``llm_key`` …) as ``***``, and
+    the credentials inside every URL (user information, query values)."""
     out: dict[str, dict[str, Any]] = {}
     for section in dataclasses.fields(settings):
         values = dataclasses.asdict(getattr(settings, section.name))
         for key, value in values.items():
-            if (section.name, key) in SECRET_KEYS and value:
-                values[key] = "***"
+            textual = isinstance(value, str) or (
+                isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+            )
+            if not textual or not value:
+                continue
+            if is_secret_name(key):
+                values[key] = MASK
+            elif isinstance(value, str):
+                values[key] = mask_url(value)
+            else:
+                values[key] = tuple(mask_url(v) for v in value)
         out[section.name] = values
     return out

@@ -1,8 +1,9 @@
 """Structured logging: structlog, JSON in production, readable on a terminal.
 
 Secrets never reach a log line: settings are logged only through
-:func:`callbridge.config.redacted`, and the processor below masks any value logged under
-a key that names a secret.
+:func:`callbridge.config.redacted`, and the processors below mask any value logged under
+a key that names a secret, and the credentials of every URL in any logged text, exception
+messages and tracebacks included (:mod:`callbridge.masking`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ from typing import Any
 
 import structlog
 
+from callbridge.masking import MASK, mask_text
+
 _SECRET_WORDS = ("token", "secret", "api_key", "authorization", "password", "signature")
 
 
 def _mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event):
-        if any(word in key.lower() for word in _SECRET_WORDS) and event[key]:
-            event[key] = "***"
+    for key, value in event.items():
+        if not value:
+            continue
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            event[key] = MASK
+        elif isinstance(value, str) and "://" in value:
+            event[key] = mask_text(value)
     return event
 
 
@@ -32,7 +39,6 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _mask_secrets,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -40,11 +46,19 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        # Masking comes after the traceback is rendered: an exception's message may quote a URL.
+        processors=[*shared, structlog.processors.format_exc_info, _mask_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(
-        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(message)s"
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_MaskingFormatter("%(message)s"))
+    logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler])
+
+
+class _MaskingFormatter(logging.Formatter):
+    """Libraries' own log records (aiohttp's tracebacks …) get their URLs masked too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_text(super().format(record))

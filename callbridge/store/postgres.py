@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import structlog
 
 from callbridge.jobs.model import JobQueue, NewJob
+from callbridge.masking import mask_url
 from callbridge.models import CallEnded, CallInfo, CommittedSegment, utc_now
 from callbridge.store.base import (
     FINAL_TWILIO_STATUSES,
@@ -80,15 +80,6 @@ _FINAL_STATUSES = sorted(FINAL_TWILIO_STATUSES)
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
@@ -134,7 +125,7 @@ class PostgresStore:
             async with self._pool.acquire() as conn:
                 yield conn
         except _DB_ERRORS as exc:
-            raise StoreError(f"PostgreSQL error on {redact_url(self._url)}: {exc}") from exc
+            raise StoreError(f"PostgreSQL error on {mask_url(self._url)}: {exc}") from exc
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -196,7 +187,7 @@ class PostgresStore:
             )
         except (*_DB_ERRORS, ValueError) as exc:
             raise StoreError(
-                f"DATABASE_URL: cannot connect to {redact_url(self._url)}: {exc}"
+                f"DATABASE_URL: cannot connect to {mask_url(self._url)}: {exc}"
             ) from None
         try:
             await self._migrate(pool)
@@ -215,7 +206,7 @@ class PostgresStore:
                 database_now = await conn.fetchval("SELECT clock_timestamp()")
                 after = self._clock()
         except _DB_ERRORS as exc:
-            raise StoreError(f"DATABASE_URL: {redact_url(self._url)}: {exc}") from None
+            raise StoreError(f"DATABASE_URL: {mask_url(self._url)}: {exc}") from None
         skew_s = (before + (after - before) / 2 - database_now).total_seconds()
         if abs(skew_s) > CLOCK_SKEW_WARNING_S:
             log.warning(
@@ -242,7 +233,7 @@ class PostgresStore:
                 version = await conn.fetchval("SELECT max(version) FROM callbridge_schema") or 0
                 if version > latest:
                     raise StoreError(
-                        f"DATABASE_URL: {redact_url(self._url)} has schema version {version}, "
+                        f"DATABASE_URL: {mask_url(self._url)} has schema version {version}, "
                         f"newer than the {latest} this callbridge knows; upgrade callbridge"
                     )
                 for number, script in migrations:
@@ -252,9 +243,7 @@ class PostgresStore:
                     await conn.execute("INSERT INTO callbridge_schema VALUES ($1)", number)
                     log.info("store.migrated", backend="postgres", version=number)
         except _DB_ERRORS as exc:
-            raise StoreError(
-                f"DATABASE_URL: cannot migrate {redact_url(self._url)}: {exc}"
-            ) from None
+            raise StoreError(f"DATABASE_URL: cannot migrate {mask_url(self._url)}: {exc}") from None
 
     async def close(self) -> None:
         if self._pool is not None:
