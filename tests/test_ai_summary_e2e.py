@@ -29,6 +29,7 @@ from tests.bridge_harness import (
     free_port,
     running_bridge,
 )
+from tests.metrics_scrape import scrape
 from tests.sse import SseReader
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -165,19 +166,42 @@ async def test_429_5xx_timeouts_and_dropped_connections_are_retried(
         LLMFault.server_error(502),
         LLMFault.slow(3.0),
         LLMFault.disconnect(),
+        LLMFault.invalid_json(),
     )
     settings = ai_settings(tmp_path, scribe.url, llm, receiver, llm_timeout_s=0.5)
-    async with running_bridge(settings) as bridge:
+    async with running_bridge(settings) as bridge, aiohttp.ClientSession() as http:
         call_sid = await play_call(bridge)
         ai = await summarized(receiver, call_sid)
         job = await bridge.store.jobs.get("ai_summary", call_sid)
+        metrics = await scrape(http, bridge.base_url)
     assert ai["status"] == "ready"
     requests = llm.chat_requests
-    faults = ["rate_limit", "server_error", "slow", "disconnect", None]
+    faults = ["rate_limit", "server_error", "slow", "disconnect", "invalid_json", None]
     assert [r.fault for r in requests] == faults
     assert requests[1].received_at - requests[0].received_at >= 1.0  # Retry-After: 1
     assert requests[3].received_at - requests[2].received_at < 2.5  # the timeout, not 3 s
     assert job is not None and job.status is JobStatus.DONE and job.attempts == 5
+    assert ai["usage"]["requests"] == 2  # the invalid answer and its retry, in one attempt
+    # every request and its outcome is counted
+    requests_by = {
+        dict(labels)["result"]: value
+        for labels, value in metrics.matching("callbridge_llm_requests_total").items()
+    }
+    assert requests_by == {
+        "rate_limited": 1,
+        "server_error": 1,
+        "timeout": 1,
+        "connection": 1,
+        "ok": 2,
+    }
+    assert metrics.value("callbridge_llm_invalid_answers_total") == 1
+    assert metrics.value("callbridge_llm_request_seconds_count") == 6
+    outcome = ai["outcome"]["status"]
+    summaries = {"status": "ready", "result": outcome}
+    assert metrics.value("callbridge_ai_summaries_total", summaries) == 1
+    assert metrics.value("callbridge_ai_summary_latency_seconds_count") == 1
+    tokens = {"kind": "prompt"}
+    assert metrics.value("callbridge_llm_tokens_total", tokens) == ai["usage"]["prompt_tokens"]
 
 
 async def test_an_llm_that_stays_down_fails_the_summary_and_nothing_else(
@@ -220,12 +244,15 @@ async def test_final_failures_fail_at_once(
     settings = ai_settings(tmp_path, scribe.url, llm, receiver)
     if key is not None:
         settings = settings.replace(summary=dataclasses.replace(settings.summary, llm_key=key))
-    async with running_bridge(settings) as bridge:
+    async with running_bridge(settings) as bridge, aiohttp.ClientSession() as http:
         call_sid = await play_call(bridge)
         ai = await summarized(receiver, call_sid)
         await asyncio.sleep(0.3)  # no retry follows
         job = await bridge.store.jobs.get("ai_summary", call_sid)
+        metrics = await scrape(http, bridge.base_url)
     assert ai["status"] == "failed" and ai["error"]["code"] == code
+    failed = {"status": "failed", "result": code}
+    assert metrics.value("callbridge_ai_summaries_total", failed) == 1
     assert len(llm.chat_requests) == requests
     assert job is not None and job.status is JobStatus.FAILED
     summaries = receiver.requests

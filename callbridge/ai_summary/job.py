@@ -54,6 +54,7 @@ from callbridge.jobs import (
     RetryableJobError,
     RetryPolicy,
 )
+from callbridge.metrics import DISABLED, BridgeMetrics
 from callbridge.models import CallEnded, CommittedSegment, utc_now
 from callbridge.store.base import CallRecord, DurableStore
 from callbridge.summary import spoken
@@ -160,8 +161,10 @@ class AISummaryJob:
         *,
         notify: Callable[[], None],
         clock: Callable[[], datetime] = utc_now,
+        metrics: BridgeMetrics = DISABLED,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.settings = settings
         self.llm = llm
         self.summarizer = CallSummarizer(
@@ -213,6 +216,7 @@ class AISummaryJob:
             call_sid, record, [call_summarized_event(call_sid, record)]
         ):
             self._notify()
+            self._count(call, AIStatus.READY, written.content["outcome"]["status"])
             log.info(
                 "summary.ready",
                 call_sid=call_sid,
@@ -230,6 +234,12 @@ class AISummaryJob:
         progress = _progress_from(job.payload)
         await self._store_failure(job.call_sid, failure_code(reason), reason, progress)
 
+    def _count(self, call: CallRecord | None, status: str, result: str) -> None:
+        self.metrics.ai_summaries.labels(status=status, result=result).inc()
+        if call is not None and call.ended_at is not None:
+            waited = (self._clock() - call.ended_at).total_seconds()
+            self.metrics.ai_summary_latency.observe(max(0.0, waited))
+
     async def _store_failure(
         self, call_sid: str, code: str, message: str, progress: SummaryProgress
     ) -> None:
@@ -240,6 +250,7 @@ class AISummaryJob:
             call_sid, record, [call_summarized_event(call_sid, record)]
         ):
             self._notify()
+            self._count(await self.store.get_call(call_sid), AIStatus.FAILED, code)
             log.warning("summary.failed", call_sid=call_sid, code=code, error=message[:300])
 
 

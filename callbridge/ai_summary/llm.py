@@ -38,6 +38,7 @@ import openai
 import structlog
 
 from callbridge.ai_summary.prompt import Message
+from callbridge.metrics import DISABLED, BridgeMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -185,10 +186,17 @@ class ChatLLM:
     """One OpenAI-compatible chat-completions endpoint (one ``AsyncOpenAI`` client with its
     connection pool). Create it once per process; :meth:`aclose` at shutdown."""
 
-    def __init__(self, options: LLMOptions, *, client: openai.AsyncOpenAI | None = None) -> None:
+    def __init__(
+        self,
+        options: LLMOptions,
+        *,
+        client: openai.AsyncOpenAI | None = None,
+        metrics: BridgeMetrics = DISABLED,
+    ) -> None:
         if options.structured_output not in STRUCTURED_OUTPUT_MODES:
             raise ValueError(f"unknown structured_output {options.structured_output!r}")
         self.options = options
+        self.metrics = metrics
         self._client = client or openai.AsyncOpenAI(
             base_url=options.base_url,
             api_key=options.api_key or NO_KEY,
@@ -218,19 +226,34 @@ class ChatLLM:
         """Ask for an answer valid against ``schema``; see the module docstring for how."""
         while True:
             mode = self._mode
+            started = time.perf_counter()
             try:
-                return await self._request(mode, messages, schema, schema_name, max_output_tokens)
+                completion = await self._request(
+                    mode, messages, schema, schema_name, max_output_tokens
+                )
             except openai.APIStatusError as exc:
+                self.metrics.llm_request_latency.observe(time.perf_counter() - started)
                 if (
                     self.options.structured_output == "auto"
                     and mode in _STEP_DOWN
                     and _names_response_format(exc)
                 ):
+                    self.metrics.llm_requests.labels(result="response_format_unsupported").inc()
                     self._step_down(mode, _server_message(exc))
                     continue
-                raise classify(exc) from exc
+                raise self._counted(classify(exc)) from exc
             except openai.OpenAIError as exc:
-                raise classify(exc) from exc
+                self.metrics.llm_request_latency.observe(time.perf_counter() - started)
+                raise self._counted(classify(exc)) from exc
+            self.metrics.llm_request_latency.observe(time.perf_counter() - started)
+            self.metrics.llm_requests.labels(result="ok").inc()
+            self.metrics.llm_tokens.labels(kind="prompt").inc(completion.prompt_tokens)
+            self.metrics.llm_tokens.labels(kind="completion").inc(completion.completion_tokens)
+            return completion
+
+    def _counted(self, error: LLMError) -> LLMError:
+        self.metrics.llm_requests.labels(result=error.code).inc()
+        return error
 
     def _step_down(self, mode: str, reason: str) -> None:
         if self._mode == mode:  # another request may have stepped down already

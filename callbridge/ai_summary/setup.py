@@ -13,7 +13,7 @@ from aiohttp import web
 
 from callbridge.ai_summary.job import AISummaryJob, llm_options
 from callbridge.ai_summary.llm import ChatLLM
-from callbridge.context import AFTER_CALL, JOBS, SETTINGS, STORE
+from callbridge.context import AFTER_CALL, JOBS, METRICS, SETTINGS, STORE
 
 AI_SUMMARY = web.AppKey("ai_summary", AISummaryJob)
 
@@ -21,8 +21,9 @@ AI_SUMMARY = web.AppKey("ai_summary", AISummaryJob)
 def setup_ai_summary(app: web.Application, *, notify: Callable[[], None]) -> AISummaryJob:
     """Register the AI summary on ``app``; ``notify`` wakes the webhook dispatcher."""
     settings = app[SETTINGS]
-    llm = ChatLLM(llm_options(settings.summary))
-    job = AISummaryJob(app[STORE], settings, llm, notify=notify)
+    metrics = app[METRICS]
+    llm = ChatLLM(llm_options(settings.summary), metrics=metrics)
+    job = AISummaryJob(app[STORE], settings, llm, notify=notify, metrics=metrics)
     app[JOBS].register(job.kind())
     app[AFTER_CALL].append(job.after_call)
     app[AI_SUMMARY] = job

@@ -185,6 +185,7 @@ class CallSummarizer:
             try:
                 content = check_answer(completion, speakers)
             except InvalidSummary as problem:
+                self.llm.metrics.llm_invalid_answers.inc()
                 if attempt == 2:
                     raise SummaryFailed(
                         "invalid_output", f"the LLM's answer was invalid twice: {problem}"

@@ -46,6 +46,9 @@ DELIVERY_BUCKETS = (
     60.0,
     300.0,
 )
+# One LLM request, and a call's end → its AI summary stored (retries included).
+LLM_REQUEST_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+AI_SUMMARY_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -138,6 +141,37 @@ class BridgeMetrics:
             "Event stored (committed) to a 2xx answer from the target, retries included.",
             DELIVERY_BUCKETS,
             ("target",),
+        )
+        # the AI summary -----------------------------------------------------------------
+        self.ai_summaries = counter(
+            "callbridge_ai_summaries",
+            "AI summaries finished, by status (ready, failed) and result (the outcome status "
+            "when ready, the error code when failed).",
+            ("status", "result"),
+        )
+        self.ai_summary_latency = histogram(
+            "callbridge_ai_summary_latency_seconds",
+            "A call's end to its AI summary stored (ready or failed), retries included.",
+            AI_SUMMARY_BUCKETS,
+        )
+        self.llm_requests = counter(
+            "callbridge_llm_requests",
+            "Chat-completions requests of the AI summary, by result (ok, or the error's code).",
+            ("result",),
+        )
+        self.llm_request_latency = histogram(
+            "callbridge_llm_request_seconds",
+            "One chat-completions request, answered or failed.",
+            LLM_REQUEST_BUCKETS,
+        )
+        self.llm_tokens = counter(
+            "callbridge_llm_tokens",
+            "Tokens the LLM reported, by kind (prompt, completion).",
+            ("kind",),
+        )
+        self.llm_invalid_answers = counter(
+            "callbridge_llm_invalid_answers",
+            "LLM answers that failed validation (each retried once, then the summary fails).",
         )
         # store, event streams, the process ---------------------------------------------
         self.store_writes = histogram(
