@@ -24,7 +24,6 @@ what one instance carries, the instances one database core supports.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import load
-from scaling import capacity, ramp
+from scaling import add_ramp_arguments, capacity, print_report, ramp
 
 from callbridge import event_loop
 
@@ -174,13 +173,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--instance-cpu", type=float, default=0.35, help="CPU cap per instance, in cores (0.35)"
     )
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds per call (15)")
-    parser.add_argument("--stagger", type=float, default=1.0, help="call starts spread (1 s)")
-    parser.add_argument(
-        "--lag-ms", type=float, default=10.0, help="keeps up: median chunk lag at most (10 ms)"
-    )
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--keep", metavar="DIR", default=None, help="keep logs, DBs and dumps")
+    add_ramp_arguments(parser)
     args = parser.parse_args(argv)
     try:
         configs = []
@@ -209,21 +202,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     report = event_loop.run(run(args), "auto")
-    print()
-    print("  ".join(name.rjust(width) for name, width in COLUMNS))
-    for step in report["steps"]:
-        print(row(step))
-    print()
-    print("\n".join(report["summary"]))
-    print(
-        f"\nkeeps up: 0 speech frames lost, no failed call, median chunk lag ≤ {args.lag_ms:g} ms;"
+    legend = (
+        f"keeps up: 0 speech frames lost, no failed call, median chunk lag ≤ {args.lag_ms:g} ms;"
         "\ninst CPU %: each instance's CPU over the steady window (100 = one core);"
         "\npg %: every PostgreSQL process of the machine; pg bknd %: the backends serving the"
         "\nbridge's connections; pg ms/call-s: the backends' CPU per call-second."
     )
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+    print_report(report, COLUMNS, row, legend, args.json)
     return 0
 
 

@@ -181,6 +181,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def add_ramp_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every ramp script shares: call length, stagger, the keep-up rule, output."""
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per call (15)")
+    parser.add_argument("--stagger", type=float, default=1.0, help="call starts spread (1 s)")
+    parser.add_argument(
+        "--lag-ms", type=float, default=10.0, help="keeps up: median chunk lag at most (10 ms)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--keep", metavar="DIR", default=None, help="keep logs, DBs and dumps")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--workers", default="1,2", help="worker counts to compare (1,2)")
@@ -191,13 +202,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--worker-cpu", type=float, default=0.35, help="CPU cap per worker, in cores (0.35)"
     )
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds per call (15)")
-    parser.add_argument("--stagger", type=float, default=1.0, help="call starts spread (1 s)")
-    parser.add_argument(
-        "--lag-ms", type=float, default=10.0, help="keeps up: median chunk lag at most (10 ms)"
-    )
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--keep", metavar="DIR", default=None, help="keep logs, DBs and dumps")
+    add_ramp_arguments(parser)
     args = parser.parse_args(argv)
     try:
         args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
@@ -217,23 +222,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def print_report(
+    report: dict[str, Any],
+    columns: Sequence[tuple[str, int]],
+    show: Callable[[dict[str, Any]], str],
+    legend: str,
+    json_path: Path | None,
+) -> None:
+    """A ramp script's table of steps, its summary and legend; the JSON, if asked for."""
+    print()
+    print("  ".join(name.rjust(width) for name, width in columns))
+    for step in report["steps"]:
+        print(show(step))
+    print()
+    print("\n".join(report["summary"]))
+    print("\n" + legend)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2))
+        print(f"wrote {json_path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     report = event_loop.run(run(args), "auto")
-    print()
-    print("  ".join(name.rjust(width) for name, width in COLUMNS))
-    for step in report["steps"]:
-        print(row(step))
-    print()
-    print("\n".join(report["summary"]))
-    print(
-        f"\nkeeps up: 0 speech frames lost, no failed call, median chunk lag ≤ {args.lag_ms:g} ms;"
+    legend = (
+        f"keeps up: 0 speech frames lost, no failed call, median chunk lag ≤ {args.lag_ms:g} ms;"
         "\nthrottled %: share of 10 ms quota periods in which the worker used up its quota;"
         "\nworker CPU %: each worker's CPU over the steady window (100 = one core)."
     )
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+    print_report(report, COLUMNS, row, legend, args.json)
     return 0
 
 
