@@ -226,6 +226,8 @@ class SqliteStore:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            # Deleted rows are overwritten with zeros, not left in free pages (erasure).
+            conn.execute("PRAGMA secure_delete = ON")
             self._migrate(conn)
         except StoreError:
             conn.close()
@@ -665,7 +667,12 @@ class SqliteStore:
 
     async def delete_call(self, call_sid: str) -> bool:
         """Erase the call, its segments, its jobs and all its events and deliveries (their
-        bodies carry transcript text, so delivered ones go too)."""
+        bodies carry transcript text, so delivered ones go too).
+
+        The text is gone from the files too, not only from the tables: ``secure_delete``
+        zeroes the deleted rows, and a ``TRUNCATE`` checkpoint afterwards copies the zeroed
+        pages into the database file and empties the write-ahead log, which still held every
+        earlier version of the pages the call was written to."""
 
         def work(conn: sqlite3.Connection) -> bool:
             conn.execute("DELETE FROM deliveries WHERE call_sid = ?", (call_sid,))
@@ -675,7 +682,21 @@ class SqliteStore:
             calls = conn.execute("DELETE FROM calls WHERE call_sid = ?", (call_sid,)).rowcount
             return bool(calls or segments or events)
 
-        return await self._write(work)
+        erased = await self._write(work)
+        if erased:
+            await self._run(self._checkpoint_after_erasure)
+        return erased
+
+    def _checkpoint_after_erasure(self, conn: sqlite3.Connection) -> None:
+        # Waits (busy timeout) for other processes' readers to reach the latest snapshot.
+        busy, wal_frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning(
+                "store.erasure_checkpoint_incomplete",
+                wal_frames=wal_frames,
+                copied=copied,
+                detail="a reader held an older snapshot; the next checkpoint completes it",
+            )
 
     # the event log ----------------------------------------------------------------------
 
