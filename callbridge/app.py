@@ -42,6 +42,7 @@ from callbridge.event_writer import EventWriters, WriterSettings
 from callbridge.http_limits import runner_options, setup_http_limits
 from callbridge.jobs.runner import JobRunner
 from callbridge.live_page import setup_live_page
+from callbridge.logs import quiet_client_errors
 from callbridge.lost_calls import LostCallReaper
 from callbridge.masking import mask_url
 from callbridge.metrics import BridgeMetrics
@@ -67,6 +68,7 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
     Without ``CALLBRIDGE_STREAM_SECRET`` the stream tokens use a random secret of this app's
     own (``serve`` picks one before it starts workers, so that they share it)."""
     settings, _ = with_stream_secret(settings)
+    quiet_client_errors()
     app = web.Application(client_max_size=256 * 1024)
     app[SETTINGS] = settings
     store = open_store(

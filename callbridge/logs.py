@@ -14,6 +14,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 from callbridge.masking import MASK, mask_text
 
@@ -62,3 +63,30 @@ class _MaskingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return mask_text(super().format(record))
+
+
+class _ClientErrorsAreWarnings(logging.Filter):
+    """aiohttp logs a malformed request (a 400: bad header bytes, a broken request line) as
+    an error with a traceback. That is the client's fault, and anyone could fill the log
+    with them: it becomes one warning line, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and (exc.code or 500) < 500:
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            first_line = exc.message.splitlines()[0] if exc.message else ""
+            record.msg = "http.bad_request from %s: %s %r"
+            record.args = (peer, exc.code, first_line)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_CLIENT_ERRORS = _ClientErrorsAreWarnings()
+
+
+def quiet_client_errors() -> None:
+    """Install :class:`_ClientErrorsAreWarnings` on aiohttp's server logger (once)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if _CLIENT_ERRORS not in server_log.filters:
+        server_log.addFilter(_CLIENT_ERRORS)

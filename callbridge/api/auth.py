@@ -41,8 +41,12 @@ def bearer_token(request: web.Request) -> str | None:
 
 
 def token_is_valid(presented: str, configured: tuple[str, ...]) -> bool:
-    """Constant-time comparison against every configured token (no early exit)."""
-    given = presented.encode("utf-8")
+    """Constant-time comparison against every configured token (no early exit). A header
+    that is not text (aiohttp keeps undecodable bytes as surrogates) is simply not a token."""
+    try:
+        given = presented.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
     valid = False
     for token in configured:
         if token and hmac.compare_digest(given, token.encode("utf-8")):

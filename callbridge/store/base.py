@@ -445,7 +445,9 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         created_at_us, call_sid = json.loads(raw)
     except (ValueError, TypeError, binascii.Error) as exc:
         raise ValueError("invalid cursor") from exc
-    if not isinstance(created_at_us, int) or not isinstance(call_sid, str):
+    if type(created_at_us) is not int or not isinstance(call_sid, str):
+        raise ValueError("invalid cursor")
+    if not 0 <= created_at_us <= _MAX_MICROS:  # beyond what a database column holds
         raise ValueError("invalid cursor")
     return created_at_us, call_sid
 
@@ -463,3 +465,4 @@ def from_micros(micros: int) -> datetime:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_MICROS = to_micros(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
