@@ -15,7 +15,8 @@ class Scrape:
         self.text = text
         self.samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
         self.families: set[str] = set()
-        for family in text_string_to_metric_families(text):
+        self.family_list = list(text_string_to_metric_families(text))
+        for family in self.family_list:
             self.families.add(family.name)
             for sample in family.samples:
                 key = (sample.name, frozenset(sample.labels.items()))
