@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/load.py [--calls 10,50 --duration 15 --rounds 3 --json out.json]
 
 For every N, once per system of ``--systems`` (``bridge`` = ``python -m callbridge serve``;
-``relay`` = the minimal pass-through relay below; optionally ``receive``, the relay's floor),
-on 127.0.0.1 only:
+``bridge-nometrics`` = the same with ``CALLBRIDGE_METRICS_ENABLED=false``; ``relay`` = the
+minimal pass-through relay below; optionally ``receive``, the relay's floor), on 127.0.0.1
+only:
 
 * a *fixtures* process runs the Scribe emulator (``callbridge.testing.scribe_emulator``,
   default ``duration`` transcriber, partials off unless ``--partials-ms``) and a webhook
@@ -61,6 +62,10 @@ Method (also printed with the results):
   first rounds, then stay). Every other figure is from round 1 alone: the emulator's data are
   dumped before round 2 starts.
 * Neither server compresses its Scribe websocket (``compression=None``, no permessage-deflate).
+* Metrics: ``bridge`` runs with its metrics on and the generator scrapes its ``/metrics``
+  every ``--scrape-interval`` s (5 s: three times Prometheus's usual rate, so the scrapes'
+  cost is in the figure); ``bridge-nometrics`` runs with them off. ``metrics cost`` is bridge ÷
+  bridge-nometrics CPU per call-second, both measured in the same run.
 
 The relay (``python benchmarks/load.py _relay``) parses each Twilio JSON message and forwards
 each frame's base64 payload, as is, as one ``input_audio_chunk`` (both tracks, one Scribe
@@ -120,7 +125,7 @@ TAG_MAGIC = (0xF5, 0x7A)
 TAG_BYTES = 8  # magic (2) + 6 × 5 bits: call (10 bits), track (1), frame (19)
 MAX_CALLS = 1024
 TRACKS = (Track.INBOUND, Track.OUTBOUND)
-SYSTEMS = ("bridge", "relay", "receive")
+SYSTEMS = ("bridge", "bridge-nometrics", "relay", "receive")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HERE = Path(__file__).resolve()
 
@@ -614,6 +619,7 @@ class Phase:
     worker_pids: list[int] = field(default_factory=list)
     cpu_cap: CpuCap | None = None
     schema: str | None = None  # --database postgresql://: this run's schema
+    scrapes: int = 0  # /metrics scrapes made during the run (bridge with metrics on)
 
     def __post_init__(self) -> None:
         frames = int(self.args.duration * 1000) // FRAME_MS
@@ -717,7 +723,7 @@ async def _run_phase(
     pin(fixtures.pid, other_cpus)
     pin(os.getpid(), other_cpus)
     # Separate `serve` processes (bridge only), each its own port and directory, one database.
-    instances = args.instances if phase.system == "bridge" else 1
+    instances = args.instances if is_bridge(phase.system) else 1
     ports = [free_port() for _ in range(instances)]
     bases = [f"http://127.0.0.1:{port}" for port in ports]
     servers: list[subprocess.Popen[bytes]] = []
@@ -727,7 +733,7 @@ async def _run_phase(
         log_paths.append(phase.workdir / f"{phase.system}-{phase.calls}{suffix}.log")
         cwd = phase.workdir / f"instance-{index}" if instances > 1 else phase.workdir
         cwd.mkdir(parents=True, exist_ok=True)
-        if phase.system == "bridge":
+        if is_bridge(phase.system):
             env = base_env(
                 ELEVENLABS_API_KEY=API_KEY,
                 CALLBRIDGE_SCRIBE_URL=endpoints["scribe_url"],
@@ -744,6 +750,8 @@ async def _run_phase(
                 CALLBRIDGE_LOGGING_LEVEL="warning",
                 CALLBRIDGE_LOGGING_FORMAT="console",
             )
+            if phase.system == "bridge-nometrics":
+                env["CALLBRIDGE_METRICS_ENABLED"] = "false"
             for item in args.server_env:
                 key, _, value = item.partition("=")
                 env[key] = value
@@ -768,7 +776,7 @@ async def _run_phase(
         async with aiohttp.ClientSession(connector=connector) as http:
             for base, server in zip(bases, servers, strict=True):
                 await _wait_healthy(http, base, server)
-            workers = args.workers if phase.system == "bridge" else 1
+            workers = args.workers if is_bridge(phase.system) else 1
             for pid in pids:
                 phase.worker_pids += await asyncio.to_thread(worker_pids, pid, workers)
             if args.worker_cpu:
@@ -777,9 +785,18 @@ async def _run_phase(
                     phase.cpu_cap.apply(pid)
             await asyncio.sleep(1.0)
             idle = trees_mem_kb(pids)
-            result, profiler = await _generate(
-                phase, http, bases, pids, fixtures.pid, idle, postgres=postgres
-            )
+            scraper = None
+            if phase.system == "bridge":
+                scraper = asyncio.create_task(_scrape_metrics(http, bases, phase))
+            try:
+                result, profiler = await _generate(
+                    phase, http, bases, pids, fixtures.pid, idle, postgres=postgres
+                )
+            finally:
+                if scraper is not None:
+                    scraper.cancel()
+                    await asyncio.gather(scraper, return_exceptions=True)
+            result["metrics_scrapes"] = phase.scrapes
             ended = phase.calls - len(phase.failures)
             await _settle(phase, http, bases, endpoints["http"], ended)
             result["rss"]["hwm_kb"] = trees_mem_kb(pids).get("VmHWM")
@@ -831,6 +848,23 @@ async def _run_phase(
     return result
 
 
+def is_bridge(system: str) -> bool:
+    return system in ("bridge", "bridge-nometrics")
+
+
+async def _scrape_metrics(http: aiohttp.ClientSession, bases: Sequence[str], phase: Phase) -> None:
+    """Scrape every server's /metrics every ``--scrape-interval`` s, as Prometheus would."""
+    headers = {"Authorization": "Bearer bench-api-token"}
+    while True:
+        await asyncio.sleep(phase.args.scrape_interval)
+        for base in bases:
+            async with http.get(base + "/metrics", headers=headers) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"/metrics answered {response.status}")
+            phase.scrapes += 1
+
+
 async def _settle(
     phase: Phase,
     http: aiohttp.ClientSession,
@@ -845,7 +879,7 @@ async def _settle(
         if all(count == 0 for count in live):
             break
         await asyncio.sleep(0.2)
-    if phase.system == "bridge":
+    if is_bridge(phase.system):
         while time.monotonic() < deadline:
             async with http.get(fixtures_url + "/stats") as response:
                 if (await response.json())["call_ended"] >= ended:
@@ -962,7 +996,7 @@ async def _generate(
     async def sample_window() -> dict[str, Any]:
         nonlocal profiler
         await asyncio.sleep(max(0.0, window[0] - loop.time()))
-        if args.py_spy and phase.system == "bridge" and profile:
+        if args.py_spy and is_bridge(phase.system) and profile:
             out = f"{args.py_spy}-{n}.txt"
             profiler = spawn(
                 [_py_spy(), "record", "--pid", str(server_pids[0]), "--duration",
@@ -1139,7 +1173,7 @@ def _analyse(phase: Phase, dump: Path, result: dict[str, Any]) -> None:
         "scribe_chunks": meta["chunks"],
     }
     cpu = result["cpu_percent"]
-    workers = phase.args.workers if phase.system == "bridge" else 1
+    workers = phase.args.workers if is_bridge(phase.system) else 1
     result["workers"] = workers
     per_worker_core = (result.get("cpu_cap") or {}).get("cores_per_worker", 1.0)
     result["saturated"] = bool(
@@ -1151,7 +1185,7 @@ def _analyse(phase: Phase, dump: Path, result: dict[str, Any]) -> None:
     result["failed_calls"] = len(phase.failures)
     result["failures"] = phase.failures[:5]
     result["closed_early"] = phase.closed_early
-    if phase.system != "bridge":
+    if not is_bridge(phase.system):
         result["commit_to_webhook_ms"] = None
         return
     # commit → webhook, matched per call in order
@@ -1186,7 +1220,7 @@ def _analyse(phase: Phase, dump: Path, result: dict[str, Any]) -> None:
 # --- output -----------------------------------------------------------------------------------
 
 COLUMNS = (
-    ("calls", 5), ("system", 7), ("CPU ms/call-s", 13), ("calls/core", 10), ("fwd p50", 8),
+    ("calls", 5), ("system", 16), ("CPU ms/call-s", 13), ("calls/core", 10), ("fwd p50", 8),
     ("fwd p99", 8), ("held%", 5), ("lag p50", 8), ("lag p99", 8), ("lost/speech", 13),
     ("hook p50", 8), ("hook p99", 8), ("peak RSS MB", 11), ("RSS/call KB", 11), ("srv%", 5),
     ("gen%", 5), ("fix%", 5), ("busy%", 6), ("pg%", 5),
@@ -1243,10 +1277,14 @@ def format_table(results: list[dict[str, Any]]) -> str:
                 lines.append(
                     "  ".join(c.rjust(w) for c, (_, w) in zip(cells, COLUMNS, strict=True))
                 )
-        for key, label in (("cpu_ratio_vs_relay", "relay"), ("cpu_ratio_vs_receive", "receive")):
+        for key, label in (
+            ("cpu_ratio_vs_relay", "relay"),
+            ("cpu_ratio_vs_receive", "receive"),
+            ("metrics_cost", "bridge-nometrics"),
+        ):
             if entry.get(key) is not None:
-                text = f"{entry[key]:>13.2f}  (bridge ÷ {label} CPU per call-s)"
-                lines.append(f"{'':>5}  {'ratio':>7}  {text}")
+                text = f"{entry[key]:>13.3f}  (bridge ÷ {label} CPU per call-s)"
+                lines.append(f"{'':>5}  {'ratio':>16}  {text}")
     return "\n".join(lines)
 
 
@@ -1371,6 +1409,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     ratio = round(bridge["cpu_s_per_call_s"] / other["cpu_s_per_call_s"], 2)
                 if baseline == "relay" or other is not None:
                     entry[f"cpu_ratio_vs_{baseline}"] = ratio
+            without = entry.get("bridge-nometrics")
+            if bridge and without and without["cpu_s_per_call_s"] > 0:
+                entry["metrics_cost"] = round(
+                    bridge["cpu_s_per_call_s"] / without["cpu_s_per_call_s"], 3
+                )
             results.append(entry)
             print(format_table([entry]).split("\n", 1)[1], flush=True)
             for line in rounds_lines([entry]):
@@ -1416,12 +1459,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--systems",
         default="bridge,relay",
-        help="bridge,relay (the default), or any of bridge, relay and receive (the floor: "
-        "receive and decode each Twilio frame, forward nothing)",
+        help="bridge,relay (the default), or any of bridge, bridge-nometrics (metrics off), "
+        "relay and receive (the floor: receive and decode each Twilio frame, forward nothing)",
     )
     parser.add_argument(
         "--partials-ms", type=int, default=0, help="emulator partial interval (0: none)"
     )
+    parser.add_argument(
+        "--scrape-interval", type=float, default=5.0, metavar="S",
+        help="bridge (metrics on): scrape /metrics every S seconds during the run (5)",
+    )  # fmt: skip
     parser.add_argument(
         "--server-env", action="append", default=[], metavar="KEY=VALUE",
         help="extra environment for the bridge (e.g. CALLBRIDGE_SCRIBE_CHUNK_MS=20)",

@@ -61,11 +61,13 @@ def run_benchmark(script: str, *args: str, cwd: Path) -> subprocess.CompletedPro
 
 def test_load_benchmark_prints_every_figure_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "load.json"
-    args = ["--calls", "2", "--duration", "3", "--systems", "bridge,relay,receive"]
+    args = ["--calls", "2", "--duration", "3", "--scrape-interval", "0.5"]
+    args += ["--systems", "bridge,bridge-nometrics,relay,receive"]
     result = run_benchmark("load.py", *args, "--json", str(out), cwd=tmp_path)
     for figure in FIGURES:
         assert figure in result.stdout, figure
     assert "(bridge ÷ receive CPU per call-s)" in result.stdout
+    assert "(bridge ÷ bridge-nometrics CPU per call-s)" in result.stdout
     report = json.loads(out.read_text())
     assert set(report) == {"meta", "results", "targets"}
     assert "method" in report["meta"] and report["meta"]["cores"]
@@ -93,6 +95,14 @@ def test_load_benchmark_prints_every_figure_and_writes_json(tmp_path: Path) -> N
     hooks = entry["bridge"]["commit_to_webhook_ms"]
     assert {"p50", "p99", "commits", "unmatched"} <= set(hooks)
     assert entry["relay"]["commit_to_webhook_ms"] is None
+    # metrics on (scraped during the run) against off, in the same run
+    assert entry["bridge"]["metrics_scrapes"] >= 2
+    assert entry["bridge-nometrics"]["metrics_scrapes"] == 0
+    without = entry["bridge-nometrics"]
+    assert without["server_exit_code"] == 0 and without["failed_calls"] == 0
+    if without["cpu_s_per_call_s"] > 0:
+        expected = entry["bridge"]["cpu_s_per_call_s"] / without["cpu_s_per_call_s"]
+        assert entry["metrics_cost"] == pytest.approx(expected, abs=0.001)
 
 
 @pytest.mark.timeout(240)
