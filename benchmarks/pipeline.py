@@ -8,6 +8,11 @@ Twilio frame, in one process, alternating the two systems so that both see the s
   taking) → ``SegmentTranscriber`` (windows, 100 ms chunks, commits) → the real
   ``ScribeConnection`` serialising each message, onto a websocket double that answers every
   commit with a ``committed_transcript`` and writes nothing to a socket.
+* **bridge+metrics**: the same with the application's metrics on (a ``BridgeMetrics`` for
+  the session and its transcriber, the sink's metrics branch), to show what instrumentation
+  costs per frame: nothing on the per-frame path itself, a few counters and histograms per
+  commit and segment (the load benchmark's ``bridge-nometrics`` adds the scrapes and the
+  process monitor).
 * **relay**: ``orjson.loads`` of the Twilio message, one ``input_audio_chunk`` per frame with
   the payload passed through, ``orjson.dumps``, onto the same websocket double (the same
   JSON library the bridge parses with, so the ratio measures the work, not the library).
@@ -37,13 +42,15 @@ import orjson
 
 from callbridge.config import Settings
 from callbridge.logs import configure_logging
+from callbridge.metrics import DISABLED, BridgeMetrics
+from callbridge.metrics.call_sink import CallMetricsSink
 from callbridge.models import EndReason, Track
 from callbridge.scribe.connection import ScribeConnection
 from callbridge.scribe.messages import SessionStarted
 from callbridge.scribe.options import ScribeOptions
 from callbridge.session import CallSession, StreamDescription
 from callbridge.simulate import load_call_audio, sample_call_path
-from callbridge.sink import CallEventSink
+from callbridge.sink import CallEventSink, FanOutSink
 from callbridge.testing.twilio_simulator import media_message
 from callbridge.twilio.protocol import MediaFrame, parse_message
 
@@ -119,7 +126,9 @@ def twilio_messages(tracks: dict[Track, bytes]) -> list[list[str]]:
     return ticks
 
 
-async def run_bridge(ticks: list[list[str]], calls: int) -> tuple[float, int, int]:
+async def run_bridge(
+    ticks: list[list[str]], calls: int, metrics: BridgeMetrics = DISABLED
+) -> tuple[float, int, int]:
     # The replay runs far faster than real time: relax the two wall-clock limits (commit
     # spacing, catch-up speed) so that every chunk and commit is sent inside the timed loop.
     defaults = Settings()
@@ -135,14 +144,16 @@ async def run_bridge(ticks: list[list[str]], calls: int) -> tuple[float, int, in
         return ScribeConnection(ws, opts, started)  # type: ignore[arg-type]
 
     sink = NullSink()
+    fanout = FanOutSink([sink, CallMetricsSink(metrics)]) if metrics.enabled else sink
     sessions = [
         CallSession(
             settings,
             StreamDescription(
                 f"CA{i:032d}", f"MZ{i:032d}", "AC0", (Track.INBOUND, Track.OUTBOUND), {}
             ),
-            sink,
+            fanout,
             connect=connect,
+            metrics=metrics,
         )
         for i in range(calls)
     ]
@@ -196,27 +207,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging("console", "warning")
     ticks = twilio_messages(load_call_audio(sample_call_path()))
-    figures: dict[str, list[float]] = {"bridge": [], "relay": []}
+    figures: dict[str, list[float]] = {"bridge": [], "bridge+metrics": [], "relay": []}
     sent: dict[str, int] = {}
+    runners = {
+        "bridge": run_bridge,
+        "bridge+metrics": lambda ticks, calls: run_bridge(ticks, calls, BridgeMetrics()),
+        "relay": run_relay,
+    }
     for _ in range(args.repeats):
-        for name, runner in (("bridge", run_bridge), ("relay", run_relay)):
+        for name, runner in runners.items():
             gc.collect()
             elapsed, frames, messages = asyncio.run(runner(ticks, args.calls))
             figures[name].append(elapsed / frames * 1e6)
             sent[name] = messages
     bridge = statistics.median(figures["bridge"])
+    with_metrics = statistics.median(figures["bridge+metrics"])
     relay = statistics.median(figures["relay"])
     print(
         f"python {sys.version.split()[0]}; {args.calls} calls × {len(ticks) * 0.02:.1f} s of the "
         f"sample call, {args.repeats} alternating runs each; CPU µs per Twilio frame (median)"
     )
-    for name, value in (("bridge", bridge), ("relay", relay)):
+    for name, value in (("bridge", bridge), ("bridge+metrics", with_metrics), ("relay", relay)):
         runs = " ".join(f"{v:.1f}" for v in figures[name])
-        print(f"  {name:6}  {value:6.2f} µs   (runs: {runs}; {sent[name]} messages to Scribe)")
-    print(f"  ratio   {bridge / relay:6.2f}  (bridge ÷ relay)")
+        print(f"  {name:14}  {value:6.2f} µs   (runs: {runs}; {sent[name]} messages to Scribe)")
+    print(f"  ratio           {bridge / relay:6.2f}  (bridge ÷ relay)")
+    paired = [m / b for m, b in zip(figures["bridge+metrics"], figures["bridge"], strict=True)]
+    print(
+        f"  metrics cost    {statistics.median(paired):6.3f}  (bridge+metrics ÷ bridge, median of "
+        f"the runs paired in order: {' '.join(f'{r:.3f}' for r in paired)})"
+    )
     if args.json:
         with open(args.json, "w") as out:
-            json.dump({"calls": args.calls, "us_per_frame": figures, "ratio": bridge / relay}, out)
+            json.dump(
+                {
+                    "calls": args.calls,
+                    "us_per_frame": figures,
+                    "ratio": bridge / relay,
+                    "metrics_cost": statistics.median(paired),
+                },
+                out,
+            )
     return 0
 
 

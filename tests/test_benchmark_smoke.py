@@ -146,6 +146,10 @@ def test_pipeline_benchmark_reports_both_systems_and_their_ratio(tmp_path: Path)
     bridge, relay = figures["us_per_frame"]["bridge"], figures["us_per_frame"]["relay"]
     assert len(bridge) == len(relay) == 1 and bridge[0] > 0 and relay[0] > 0
     assert figures["ratio"] == pytest.approx(bridge[0] / relay[0])
+    with_metrics = figures["us_per_frame"]["bridge+metrics"]
+    assert len(with_metrics) == 1 and with_metrics[0] > 0
+    assert figures["metrics_cost"] == pytest.approx(with_metrics[0] / bridge[0])
+    assert "metrics cost" in result.stdout
     # every commit of the bridge run was answered and delivered (the run asserts it too)
     assert "no committed segment" not in result.stderr
 

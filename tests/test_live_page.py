@@ -163,6 +163,7 @@ async def test_the_page_follows_a_live_call_speaker_by_speaker_then_shows_the_su
     await expect(page.get_by_role("status")).to_have_text(
         "The call has ended; nothing more will come.", timeout=WAIT_MS
     )
+    await expect(page.locator("#call-meta")).to_contain_text(f"{sim.call_sid} · ended")
     await sim.close()
     assert page.errors == []  # type: ignore[attr-defined]
     partials = await page.evaluate("window.partialsSeen")

@@ -181,6 +181,11 @@
     $("call-meta").textContent = `${call.call_sid} · ${call.status} · ${started}`;
   }
 
+  async function refreshMeta(callSid) {
+    const response = await api(`/v1/calls/${encodeURIComponent(callSid)}`);
+    if (response && response.ok && state.callSid === callSid) showMeta(await response.json());
+  }
+
   function setStatus(text) {
     $("stream-status").textContent = text;
   }
@@ -304,6 +309,7 @@
         hidePartial();
         showSummary(payload.summary || {}, payload.reason);
         setStatus("The call has ended.");
+        refreshMeta(payload.call_sid);
         // With an AI summary on its way the stream carries on until call.summarized.
         stream.complete = !(payload.summary && payload.summary.ai && payload.summary.ai.status === "pending");
         break;
