@@ -38,23 +38,13 @@ from callbridge.config import (
 )
 from callbridge.http_limits import runner_options
 from callbridge.simulate import sample_call_path
+from callbridge.testing.browser import CHROMIUM, CHROMIUM_FLAGS
 from callbridge.testing.llm_emulator import LLMEmulator
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.speech import build_track, pcm16_to_ulaw
 from callbridge.testing.speech_script import SpeechScript
 from callbridge.testing.twilio_simulator import TwilioCallSimulator
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TWILIO_TOKEN = "screenshot-twilio-token"
 STREAM_SECRET = "screenshot-stream-secret-0123456789"
 PAUSE_MS = 700
@@ -118,7 +108,9 @@ async def run(out: Path) -> None:
 
 async def screenshots(base: str, token: str, caller: bytes, agent: bytes, out: Path) -> None:
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=list(CHROMIUM_FLAGS)
+        )
         page = await browser.new_page(viewport={"width": 1280, "height": 860})
         await page.goto(f"{base}/live")
         await page.get_by_label("API token").fill(token)

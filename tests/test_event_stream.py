@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import json
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from callbridge.jobs.model import NewJob
 from callbridge.models import CommittedSegment, Track, utc_now
 from callbridge.store.base import StoredEvent
 from callbridge.testing.scribe_emulator import ScribeEmulator
-from callbridge.testing.speech import build_track, pcm16_to_ulaw, synth_utterance
 from callbridge.testing.webhook_receiver import WebhookReceiver
 from callbridge.webhooks.events import call_summarized_event, transcript_committed_event
 from tests.bridge_harness import (
@@ -30,23 +29,10 @@ from tests.bridge_harness import (
     free_port,
     running_bridge,
 )
+from tests.live_call import play_ended_call, started_call, two_party_call
 from tests.sse import SseMessage, SseReader
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
-CALLER_WORDS = [[400, 450, 500], [650, 700]]
-AGENT_WORDS = [[1200, 1250, 1300]]
-
-
-def two_party_call() -> tuple[bytes, bytes]:
-    """Caller, agent, caller: three turns with clear pauses (tone-burst words)."""
-
-    def track(placements: Sequence[tuple[int, Sequence[int]]], seed: int) -> bytes:
-        audio = [(start, synth_utterance(words)) for start, words in placements]
-        return pcm16_to_ulaw(build_track(7000, audio, noise_dbfs=-60.0, seed=seed))
-
-    caller = track([(300, CALLER_WORDS[0]), (4300, CALLER_WORDS[1])], 1)
-    agent = track([(2000, AGENT_WORDS[0])], 2)
-    return caller, agent
 
 
 def settings_for(tmp_path: Path, emulator: ScribeEmulator, **api: object) -> Settings:
@@ -66,15 +52,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def wait_ended(bridge: RunningBridge, call_sid: str) -> None:
-    for _ in range(500):
-        record = await bridge.store.get_call(call_sid)
-        if record is not None and record.status == "ended":
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"call {call_sid} did not end")
-
-
 async def open_stream(
     http: aiohttp.ClientSession, bridge: RunningBridge, call_sid: str, **headers: str
 ) -> SseReader:
@@ -85,14 +62,6 @@ async def open_stream(
     assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
     assert "no-cache" in response.headers["Cache-Control"]
     return SseReader(response)
-
-
-async def play_ended_call(bridge: RunningBridge) -> str:
-    caller, agent = two_party_call()
-    sim = bridge.simulator()
-    await sim.run(inbound=caller, outbound=agent, speed=0)
-    await wait_ended(bridge, sim.call_sid)
-    return sim.call_sid
 
 
 # --- replay and the exact webhook bytes --------------------------------------------------
@@ -220,13 +189,7 @@ async def test_a_live_call_streams_each_event_as_it_is_committed_and_its_partial
 ) -> None:
     async with running_bridge(bridge_settings(tmp_path, emulator.url, free_port())) as bridge:
         caller, agent = two_party_call()
-        sim = bridge.simulator()
-        await sim.connect()
-        await sim.send_start(("inbound", "outbound"))
-        for _ in range(100):  # the call exists once its start is stored
-            if await bridge.store.get_call(sim.call_sid) is not None:
-                break
-            await asyncio.sleep(0.02)
+        sim = await started_call(bridge)
         reader = await open_stream(http, bridge, sim.call_sid)
         messages = reader.messages()
         partials: list[SseMessage] = []
@@ -281,13 +244,7 @@ async def test_a_call_held_by_another_process_streams_through_the_store(
     )
     async with running_bridge(first) as holder, running_bridge(second) as other:
         caller, agent = two_party_call()
-        sim = holder.simulator()
-        await sim.connect()
-        await sim.send_start(("inbound", "outbound"))
-        for _ in range(100):
-            if await other.store.get_call(sim.call_sid) is not None:
-                break
-            await asyncio.sleep(0.02)
+        sim = await started_call(holder, seen_by=other)
         reader = await open_stream(http, other, sim.call_sid)
         messages = reader.messages()
         assert (await asyncio.wait_for(anext(messages), 5)).event == "call.started"
@@ -445,13 +402,7 @@ async def test_list_live_calls(
 ) -> None:
     async with running_bridge(bridge_settings(tmp_path, emulator.url, free_port())) as bridge:
         ended_sid = await play_ended_call(bridge)
-        sim = bridge.simulator()
-        await sim.connect()
-        await sim.send_start(("inbound", "outbound"))
-        for _ in range(100):
-            if await bridge.store.get_call(sim.call_sid) is not None:
-                break
-            await asyncio.sleep(0.02)
+        sim = await started_call(bridge)
         listed = await http.get(f"{bridge.base_url}/v1/calls?status=live", headers=AUTH)
         live = await listed.json()
         assert [c["call_sid"] for c in live["calls"]] == [sim.call_sid]

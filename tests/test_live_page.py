@@ -15,6 +15,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from callbridge.config import JobSettings, SummarySettings
+from callbridge.testing.browser import CHROMIUM, CHROMIUM_FLAGS
 from callbridge.testing.llm_emulator import LLMEmulator
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from tests.bridge_harness import (
@@ -24,20 +25,9 @@ from tests.bridge_harness import (
     free_port,
     running_bridge,
 )
-from tests.test_event_stream import AUTH, two_party_call
+from tests.live_call import started_call, two_party_call
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 10_000
 
 
@@ -45,7 +35,9 @@ WAIT_MS = 10_000
 async def browser() -> AsyncIterator[Browser]:
     assert shutil.which(CHROMIUM), f"{CHROMIUM} is missing: apt-get install -y chromium"
     async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=list(CHROMIUM_FLAGS)
+        )
         yield launched
         await launched.close()
 
@@ -97,9 +89,7 @@ async def test_the_page_follows_a_live_call_speaker_by_speaker_then_shows_the_su
 ) -> None:
     page = await connected_page(browser, bridge)
     caller, agent = two_party_call()
-    sim = bridge.simulator()
-    await sim.connect()
-    await sim.send_start(("inbound", "outbound"))
+    sim = await started_call(bridge)
     live_link = page.locator(f'#live-calls a[data-call-sid="{sim.call_sid}"]')
     for _ in range(50):  # the list refreshes every 5 s; the button at once
         await page.get_by_role("button", name="Refresh").click()
@@ -206,5 +196,7 @@ async def test_the_page_is_served_with_a_strict_content_security_policy(
             assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
         root = await http.get(bridge.base_url + "/", allow_redirects=False)
         assert (root.status, root.headers["Location"]) == (302, "/live")
-        listed = await http.get(f"{bridge.base_url}/v1/calls", headers=AUTH)
+        listed = await http.get(
+            f"{bridge.base_url}/v1/calls", headers={"Authorization": f"Bearer {API_TOKEN}"}
+        )
         assert json.loads(await listed.text())["calls"] == []

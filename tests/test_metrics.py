@@ -15,9 +15,9 @@ from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.twilio_simulator import SimulatorHandshakeError, TwilioCallSimulator
 from callbridge.testing.webhook_receiver import WebhookReceiver
 from tests.bridge_harness import API_TOKEN, bridge_settings, free_port, running_bridge
-from tests.metrics_scrape import scrape
+from tests.live_call import play_ended_call, started_call, two_party_call, wait_ended
+from tests.metrics_scrape import Scrape, scrape
 from tests.test_bridge_e2e import track
-from tests.test_event_stream import two_party_call, wait_ended
 
 DEAD_TARGET = "http://127.0.0.1:9/hooks"  # nothing listens on the discard port
 
@@ -32,6 +32,15 @@ async def emulator() -> AsyncIterator[ScribeEmulator]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
+
+
+async def figures_after_a_call(
+    tmp_path: Path, emulator: ScribeEmulator, http: aiohttp.ClientSession
+) -> Scrape:
+    """A fresh bridge's scrape after the two-party call has ended."""
+    async with running_bridge(bridge_settings(tmp_path, emulator.url, free_port())) as bridge:
+        await play_ended_call(bridge)
+        return await scrape(http, bridge.base_url)
 
 
 async def test_metrics_need_an_api_token(
@@ -55,9 +64,7 @@ async def test_a_call_and_its_webhooks_are_counted(
         )
         async with running_bridge(settings) as bridge:
             caller, agent = two_party_call()
-            sim = bridge.simulator()
-            await sim.connect()
-            await sim.send_start(("inbound", "outbound"))
+            sim = await started_call(bridge)
             sent = await sim.send_frames(caller, agent, speed=0)
             before_end = await scrape(http, bridge.base_url)
             await sim.send_stop()
@@ -145,12 +152,7 @@ async def test_scribe_failures_are_counted_by_kind(
 ) -> None:
     emulator.refuse_connections(2, 503)
     emulator.fail_after_audio(1500, error_type="session_time_limit_exceeded", close_code=1011)
-    async with running_bridge(bridge_settings(tmp_path, emulator.url, free_port())) as bridge:
-        caller, agent = two_party_call()
-        sim = bridge.simulator()
-        await sim.run(inbound=caller, outbound=agent, speed=0)
-        await wait_ended(bridge, sim.call_sid)
-        figures = await scrape(http, bridge.base_url)
+    figures = await figures_after_a_call(tmp_path, emulator, http)
     assert figures.value("callbridge_scribe_connections_total") == 2
     assert figures.value("callbridge_scribe_reconnects_total") == 1
     errors = figures.matching("callbridge_scribe_errors_total")
@@ -165,12 +167,7 @@ async def test_a_fatal_scribe_error_counts_a_degraded_call(
     tmp_path: Path, emulator: ScribeEmulator, http: aiohttp.ClientSession
 ) -> None:
     emulator.fail_after_audio(1500, error_type="input_error", close_code=1008)
-    async with running_bridge(bridge_settings(tmp_path, emulator.url, free_port())) as bridge:
-        caller, agent = two_party_call()
-        sim = bridge.simulator()
-        await sim.run(inbound=caller, outbound=agent, speed=0)
-        await wait_ended(bridge, sim.call_sid)
-        figures = await scrape(http, bridge.base_url)
+    figures = await figures_after_a_call(tmp_path, emulator, http)
     fatal = {"kind": "input_error", "retryable": "false"}
     assert figures.value("callbridge_scribe_errors_total", fatal) == 1
     assert figures.value("callbridge_calls_degraded_total", {"reason": "scribe_input_error"}) == 1

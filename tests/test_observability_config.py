@@ -24,8 +24,8 @@ import yaml
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.webhook_receiver import WebhookReceiver
 from tests.bridge_harness import API_TOKEN, bridge_settings, free_port, running_bridge
+from tests.live_call import two_party_call, wait_ended
 from tests.metrics_scrape import Scrape, scrape
-from tests.test_event_stream import two_party_call, wait_ended
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
