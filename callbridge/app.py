@@ -21,13 +21,14 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from callbridge.ai_summary.job import with_ai_pending
+from callbridge.ai_summary.job import ai_summary_jobs, with_ai_pending
 from callbridge.ai_summary.setup import setup_ai_summary
 from callbridge.api.routes import setup_api
 from callbridge.bridge import CLAIMS, REGISTRY, setup_bridge_routes, supervise_live_calls
 from callbridge.config import Settings, redacted, with_stream_secret
 from callbridge.context import (
     AFTER_CALL,
+    CALL_ERASERS,
     EVENT_WRITERS,
     JOBS,
     LIVE_FEED,
@@ -50,6 +51,7 @@ from callbridge.metrics.call_sink import CallMetricsSink
 from callbridge.metrics.exposition import setup_metrics
 from callbridge.metrics.monitor import ProcessFigures
 from callbridge.models import EndReason, utc_now
+from callbridge.postcall.setup import setup_postcall
 from callbridge.sink import CallEventSink, FanOutSink, LoggingSink
 from callbridge.store.factory import open_store
 from callbridge.stream_claims import StreamClaims
@@ -110,8 +112,16 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
     app[EVENT_WRITERS] = EventWriters(
         WriterSettings(journal_dir=Path(settings.database.journal_dir))
     )
+    app[CALL_ERASERS] = []
     if settings.summary.enabled:
-        setup_ai_summary(app, notify=dispatcher.notify)
+        # With the batch pass on, the AI summary waits for it and reads the batch transcript.
+        setup_ai_summary(app, notify=dispatcher.notify, after_call=not settings.postcall.enabled)
+    if settings.postcall.enabled:
+        setup_postcall(
+            app,
+            notify=dispatcher.notify,
+            follow_ups=[ai_summary_jobs] if settings.summary.enabled else [],
+        )
     app.cleanup_ctx.append(_store_and_dispatcher)
     app.cleanup_ctx.append(supervise_live_calls)  # needs the store open; stops before it closes
     app.cleanup_ctx.append(_reap_lost_calls)

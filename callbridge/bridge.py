@@ -29,7 +29,15 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from callbridge.context import EVENT_WRITERS, LIVE_CALLS, LIVE_FEED, METRICS, SETTINGS, SINK
+from callbridge.context import (
+    AUDIO_SPOOL,
+    EVENT_WRITERS,
+    LIVE_CALLS,
+    LIVE_FEED,
+    METRICS,
+    SETTINGS,
+    SINK,
+)
 from callbridge.http_errors import json_error
 from callbridge.live_calls import LiveCallRegistry, watch_call_limits
 from callbridge.models import EndReason
@@ -248,6 +256,9 @@ async def _start_session(
             writers=app[EVENT_WRITERS],
             metrics=app[METRICS],
             partials=app[LIVE_FEED].partial,
+            audio=spool.open(call_sid, [str(t) for t in start.tracks])
+            if (spool := app.get(AUDIO_SPOOL)) is not None
+            else None,
         )
         registry.add(session, ws)
     except BaseException:

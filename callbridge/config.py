@@ -93,6 +93,9 @@ class ScribeSettings:
     chunk_ms: int = 100
     connect_timeout_s: float = 10.0
     final_transcript_timeout_s: float = 3.0
+    batch_url: str = "https://api.elevenlabs.io/v1/speech-to-text"  # CALLBRIDGE_SCRIBE_BATCH_URL
+    batch_transcripts_url: str = ""  # "{transcription_id}" in it; empty: <batch_url>/transcripts/…
+    batch_model_id: str = "scribe_v2"
     send_queue_chunks: int = 600
 
 
@@ -141,6 +144,27 @@ class WebhookSettings:
 class RedactionSettings:
     kinds: tuple[str, ...] = ()  # CALLBRIDGE_REDACT: pci, ssn, dob
     hold_ms: int = 2500
+
+
+@dataclass(frozen=True, slots=True)
+class PostcallSettings:
+    mode: str = "off"  # CALLBRIDGE_POSTCALL: "off" | "batch"
+    audio_dir: str = "callbridge-audio"
+    max_audio_mb: int = 4096
+    send: str = "speech"  # "speech" | "all"
+    tag_audio_events: bool = True
+    concurrency: int = 2
+    timeout_s: float = 300.0
+    retry_for_s: float = 3600.0
+    backoff_initial_s: float = 5.0
+    backoff_max_s: float = 300.0
+    keep_remote: bool = False
+    enable_logging: bool = True
+    sweep_interval_s: float = 600.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "batch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +234,7 @@ class Settings:
     speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     redaction: RedactionSettings = field(default_factory=RedactionSettings)
+    postcall: PostcallSettings = field(default_factory=PostcallSettings)
     jobs: JobSettings = field(default_factory=JobSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
@@ -235,6 +260,7 @@ ENV_ALIASES: Mapping[str, tuple[str, str]] = {
     "CALLBRIDGE_INBOUND_LABEL": ("speakers", "inbound_label"),
     "CALLBRIDGE_OUTBOUND_LABEL": ("speakers", "outbound_label"),
     "CALLBRIDGE_REDACT": ("redaction", "kinds"),
+    "CALLBRIDGE_POSTCALL": ("postcall", "mode"),
     "HOST": ("server", "host"),
     "PORT": ("server", "port"),
 }
@@ -463,6 +489,24 @@ def check_values(settings: Settings) -> None:
             f"must be from 0 to {MAX_REDACTION_HOLD_MS} (a segment must reach receivers "
             "within 4 s of its speech)",
         )
+    p = s.postcall
+    if p.mode not in ("off", "batch"):
+        raise ConfigError("CALLBRIDGE_POSTCALL", f"{p.mode!r} is not off or batch")
+    _check_http_url("CALLBRIDGE_SCRIBE_BATCH_URL", s.scribe.batch_url)
+    if s.scribe.batch_transcripts_url:
+        _check_http_url("CALLBRIDGE_SCRIBE_BATCH_TRANSCRIPTS_URL", s.scribe.batch_transcripts_url)
+        if "{transcription_id}" not in s.scribe.batch_transcripts_url:
+            raise ConfigError(
+                "CALLBRIDGE_SCRIBE_BATCH_TRANSCRIPTS_URL", "must contain {transcription_id}"
+            )
+    if p.send not in ("speech", "all"):
+        raise ConfigError("CALLBRIDGE_POSTCALL_SEND", f"{p.send!r} is not speech or all")
+    for key in ("concurrency", "max_audio_mb"):
+        if getattr(p, key) < 1:
+            raise ConfigError(env_name("postcall", key), "must be at least 1")
+    for key in ("timeout_s", "retry_for_s", "backoff_initial_s", "backoff_max_s"):
+        if not getattr(p, key) > 0:
+            raise ConfigError(env_name("postcall", key), "must be more than 0")
     if s.jobs.poll_interval_s <= 0:
         raise ConfigError("CALLBRIDGE_JOBS_POLL_INTERVAL_S", "must be more than 0")
     if s.logging.format not in {"auto", "json", "console"}:

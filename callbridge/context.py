@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from aiohttp import web
@@ -12,6 +13,7 @@ from callbridge.jobs.runner import JobRunner
 from callbridge.live_feed import LiveFeed
 from callbridge.metrics.definitions import BridgeMetrics
 from callbridge.models import EndReason
+from callbridge.postcall.audio_spool import AudioSpool
 from callbridge.sink import CallEventSink
 from callbridge.store.base import DurableStore
 from callbridge.webhooks.sink import AfterCall
@@ -46,3 +48,8 @@ JOBS = web.AppKey("jobs", JobRunner)
 AFTER_CALL = web.AppKey("after_call", list[AfterCall])
 METRICS = web.AppKey("metrics", BridgeMetrics)
 LIVE_FEED = web.AppKey("live_feed", LiveFeed)
+# Audio kept for the post-call batch pass (only with CALLBRIDGE_POSTCALL=batch).
+AUDIO_SPOOL = web.AppKey("audio_spool", AudioSpool)
+# Run before DELETE /v1/calls/{sid} erases the store rows: erasure kept elsewhere (the audio,
+# the transcripts at ElevenLabs). One that raises stops the erasure (503, try again).
+CALL_ERASERS = web.AppKey("call_erasers", list[Callable[[str], Awaitable[None]]])

@@ -177,3 +177,55 @@ class CallEnded:
     # Turns never transcribed because Scribe was gone for good (their audio is in
     # audio_lost_ms): not segments either.
     untranscribed_turns: int = 0
+
+
+class BatchStatus(enum.StrEnum):
+    """How a call's post-call batch pass ended."""
+
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTranscript:
+    """A call's ``batch`` transcript (Scribe v2 batch, after the call), or why there is none.
+
+    ``segments`` are numbered 1, 2, 3 … in the order of speech, redacted like the live ones;
+    ``transcription_ids`` are the transcripts at ElevenLabs (deleted with the call);
+    ``audio_seconds`` is what was billed."""
+
+    call_sid: str
+    status: BatchStatus
+    segments: tuple[CommittedSegment, ...] = ()
+    summary: Mapping[str, Any] | None = None
+    error: str | None = None
+    transcription_ids: tuple[str, ...] = ()
+    audio_seconds: float = 0.0
+    model_id: str | None = None
+    created_at: datetime = field(default_factory=utc_now)
+
+
+def segment_from_json(raw: Mapping[str, Any]) -> CommittedSegment:
+    """Inverse of :meth:`CommittedSegment.to_json` (with ``committed_at``, RFC 3339)."""
+    committed_at = raw.get("committed_at")
+    return CommittedSegment(
+        call_sid=str(raw["call_sid"]),
+        stream_sid=str(raw.get("stream_sid") or ""),
+        sequence=int(raw["sequence"]),
+        speaker=str(raw["speaker"]),
+        track=Track(raw["track"]),
+        text=str(raw["text"]),
+        start_ms=int(raw["start_ms"]),
+        end_ms=int(raw["end_ms"]),
+        language_code=raw.get("language_code"),
+        words=tuple(Word.from_json(word) for word in raw.get("words") or ()),
+        committed_at=(
+            datetime.fromisoformat(str(committed_at).replace("Z", "+00:00"))
+            if committed_at
+            else utc_now()
+        ),
+    )
+
+
+def segment_to_stored_json(segment: CommittedSegment) -> dict[str, Any]:
+    return {**segment.to_json(), "committed_at": rfc3339(segment.committed_at)}

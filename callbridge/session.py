@@ -42,6 +42,7 @@ from callbridge.models import (
     Word,
     utc_now,
 )
+from callbridge.postcall.audio_spool import CallAudioRecorder
 from callbridge.redaction import Redacted, Redactor, SegmentRedactionStage, parse_kinds
 from callbridge.scribe.connection import ScribeConnection
 from callbridge.scribe.options import ScribeOptions
@@ -123,6 +124,7 @@ class CallSession:
         writers: EventWriters | None = None,
         metrics: BridgeMetrics = DISABLED,
         partials: Callable[[LivePartial], None] | None = None,
+        audio: CallAudioRecorder | None = None,
     ) -> None:
         self.settings = settings
         self.stream = stream
@@ -157,6 +159,7 @@ class CallSession:
         self._segmenter = TurnSegmenter(stream.tracks, settings.turns, self._transcriber)
         self._clocks = {track: TrackClock() for track in stream.tracks}
         self._aligners = {track: FrameAligner() for track in stream.tracks}
+        self._audio = audio  # the call's audio kept for the post-call batch pass, if on
         self._sequence = 0
         self._empty_transcripts = 0
         kinds = parse_kinds(settings.redaction.kinds)
@@ -217,6 +220,8 @@ class CallSession:
             push(track, start_ms, silence(fill_ms))  # one step, however long (bounded)
             start_ms += fill_ms
         push(track, start_ms, payload)
+        if self._audio is not None:
+            self._audio.append(track, start_ms, payload)  # a buffer append (see audio_spool)
         self.frames += 1
         end_ms = start_ms + len(payload) // BYTES_PER_MS
         if end_ms > self._stream_end_ms:
@@ -239,6 +244,8 @@ class CallSession:
             self._segmenter.finish()
             await self._transcriber.drain(self._drain_timeout())
             self._flush_redaction()
+            if self._audio is not None:
+                await self._audio.close()  # written and fsync-ed before the pass is enqueued
             degraded = self._transcriber.degraded
             lost_ms = self._segmenter.lost_ms + self._transcriber.lost_ms
             ended = CallEnded(
@@ -288,6 +295,8 @@ class CallSession:
         except BaseException as exc:
             if self._redaction_timer is not None:
                 self._redaction_timer.cancel()
+            if self._audio is not None:
+                await asyncio.shield(self._audio.close())
             self._finished.set_exception(exc)
             if self._events is not None:
                 await self._events.stop()  # journals what it holds

@@ -529,7 +529,12 @@ async def test_live_call_transcript_so_far_and_summary_409(
         assert (await response.json())["error"]["code"] == "call_not_ended"
 
     ringing = await (await client.get(f"/v1/calls/{RINGING}/transcript", headers=AUTH)).json()
-    assert ringing == {"call_sid": RINGING, "status": "ringing", "segments": []}
+    assert ringing == {
+        "call_sid": RINGING,
+        "status": "ringing",
+        "segments": [],
+        "version": "live",
+    }
 
 
 # --- summary ---------------------------------------------------------------------------

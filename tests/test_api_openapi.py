@@ -160,6 +160,8 @@ def test_document_covers_every_route() -> None:
         "transcript.committed",
         "call.ended",
         "call.summarized",
+        "call.transcript_final",
+        "call.postcall_failed",
     }
     limit = paths["/v1/calls"]["get"]["parameters"][0]["schema"]
     assert limit["maximum"] == 25

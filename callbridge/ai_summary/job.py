@@ -5,7 +5,9 @@ At a call's end, in the same transaction, an ``ai_summary`` job is enqueued and 
 summary in the background, at most ``summary.concurrency`` at once per process, so neither
 ``call.ended`` nor any other call's webhooks wait for an LLM. The job reads the call's
 stored segments, which are redacted before they are stored (``CALLBRIDGE_REDACT``), so no
-removed text can reach the LLM.
+removed text can reach the LLM. With the batch pass on (``CALLBRIDGE_POSTCALL=batch``) the
+job is enqueued when the pass ends instead, and reads the batch transcript (redacted too)
+when the pass succeeded, the live one when it failed.
 
 Outcomes, each stored with the call together with its ``call.summarized`` event:
 
@@ -55,7 +57,7 @@ from callbridge.jobs import (
     RetryPolicy,
 )
 from callbridge.metrics import DISABLED, BridgeMetrics
-from callbridge.models import CallEnded, CommittedSegment, utc_now
+from callbridge.models import BatchStatus, CallEnded, CommittedSegment, utc_now
 from callbridge.store.base import CallRecord, DurableStore
 from callbridge.summary import spoken
 from callbridge.webhooks.events import call_summarized_event
@@ -78,6 +80,11 @@ def llm_options(summary: SummarySettings) -> LLMOptions:
         temperature=summary.llm_temperature if summary.llm_temperature >= 0 else None,
         structured_output=summary.llm_structured_output,
     )
+
+
+def ai_summary_jobs(call_sid: str) -> Sequence[NewJob]:
+    """The AI summary as a follow-up of the batch pass (enqueued when the pass ends)."""
+    return [NewJob(AI_SUMMARY_JOB, call_sid)]
 
 
 def speaker_roles(speakers: SpeakerSettings) -> dict[str, str]:
@@ -195,7 +202,12 @@ class AISummaryJob:
         call = await self.store.get_call(call_sid)
         if call is None or _finished(call):
             return  # erased meanwhile, or written before a crash kept the job from finishing
-        segments = await self.store.get_segments(call_sid)
+        # The best transcript there is: the batch pass's, when it ran and succeeded.
+        batch = await self.store.get_batch_transcript(call_sid)
+        if batch is not None and batch.status is BatchStatus.DONE:
+            segments: Sequence[CommittedSegment] = batch.segments
+        else:
+            segments = await self.store.get_segments(call_sid)
         transcript = call_transcript(call, segments, self.settings.speakers)
         progress = _progress_from(context.payload)
         answers_before = len(progress.answers)

@@ -18,14 +18,20 @@ from callbridge.context import AFTER_CALL, JOBS, METRICS, SETTINGS, STORE
 AI_SUMMARY = web.AppKey("ai_summary", AISummaryJob)
 
 
-def setup_ai_summary(app: web.Application, *, notify: Callable[[], None]) -> AISummaryJob:
-    """Register the AI summary on ``app``; ``notify`` wakes the webhook dispatcher."""
+def setup_ai_summary(
+    app: web.Application, *, notify: Callable[[], None], after_call: bool = True
+) -> AISummaryJob:
+    """Register the AI summary on ``app``; ``notify`` wakes the webhook dispatcher.
+
+    ``after_call=False`` leaves out the call-end job factory: the batch pass enqueues the
+    summary when it ends instead (:func:`~callbridge.ai_summary.job.ai_summary_jobs`)."""
     settings = app[SETTINGS]
     metrics = app[METRICS]
     llm = ChatLLM(llm_options(settings.summary), metrics=metrics)
     job = AISummaryJob(app[STORE], settings, llm, notify=notify, metrics=metrics)
     app[JOBS].register(job.kind())
-    app[AFTER_CALL].append(job.after_call)
+    if after_call:
+        app[AFTER_CALL].append(job.after_call)
     app[AI_SUMMARY] = job
 
     async def close_llm(app: web.Application) -> None:

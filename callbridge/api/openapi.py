@@ -98,6 +98,21 @@ CALL = _obj(
     }
 )
 
+POSTCALL = {
+    "type": ["object", "null"],
+    "description": (
+        "the post-call batch pass (CALLBRIDGE_POSTCALL=batch); null when none was enqueued"
+    ),
+    "properties": {
+        "status": {"type": "string", "enum": ["pending", "running", "done", "failed"]},
+        "error": _nullable("string", description="the last error, or why the pass failed"),
+        "audio_seconds_billed": _nullable("number", minimum=0),
+        "segments": _nullable("integer", minimum=0),
+        "finished_at": NULLABLE_DATE_TIME,
+    },
+    "required": ["status", "error", "audio_seconds_billed", "segments", "finished_at"],
+}
+
 SPEAKER_STATS = _obj(
     {
         "talk_ms": {**MS, "description": "measured speech (voice activity) of this speaker"},
@@ -133,6 +148,11 @@ SUMMARY = _obj(
         "longest_turn_speaker": _nullable("string"),
         "transcript": {"type": "string", "description": "one 'speaker: text' line per segment"},
         "ai": _ref("AISummary"),
+        "version": {
+            "type": "string",
+            "enum": ["batch"],
+            "description": "only in the summary made from the batch transcript",
+        },
     },
     required=[
         "call_sid",
@@ -228,6 +248,30 @@ CALL_ENDED = _event(
     ),
 )
 
+
+CALL_TRANSCRIPT_FINAL = _event(
+    "call.transcript_final",
+    _obj(
+        {
+            "call_sid": {"type": "string"},
+            "version": {"const": "batch"},
+            "segments": {"type": "array", "items": _obj(SEGMENT_FIELDS)},
+            "summary": _ref("Summary"),
+            "audio_seconds_billed": {"type": "number", "minimum": 0},
+        }
+    ),
+)
+
+CALL_POSTCALL_FAILED = _event(
+    "call.postcall_failed",
+    _obj(
+        {
+            "call_sid": {"type": "string"},
+            "version": {"const": "batch"},
+            "error": {"type": "string"},
+        }
+    ),
+)
 
 CALL_SUMMARIZED = _event(
     "call.summarized",
@@ -362,7 +406,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     {
                         "200": {
                             "description": "the call",
-                            "content": {JSON: {"schema": _ref("Call")}},
+                            "content": {JSON: {"schema": _ref("CallDetail")}},
                         },
                         "404": not_found,
                     },
@@ -379,6 +423,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         ),
                         "409": _error_response(
                             "the call is live (force=true erases a call whose stream is gone)"
+                        ),
+                        "503": _error_response(
+                            "the store is unavailable, or what is kept outside it (audio for "
+                            "the batch pass, transcripts at ElevenLabs) could not be erased "
+                            "(erasure_incomplete): nothing was erased, try again"
                         ),
                     },
                     [
@@ -406,9 +455,15 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "content": {JSON: {"schema": _ref("Transcript")}, **text_formats},
                         },
                         "400": _error_response(
-                            "unknown format, unknown or repeated query parameter"
+                            "unknown format or version, unknown or repeated query parameter"
                         ),
-                        "404": not_found,
+                        "404": _error_response(
+                            "unknown call; version=batch: no batch transcript (batch_not_found) "
+                            "or the pass failed (batch_failed, with the reason)"
+                        ),
+                        "409": _error_response(
+                            "version=batch: the batch pass has not finished (batch_pending)"
+                        ),
                     },
                     [
                         CALL_SID_PARAMETER,
@@ -420,6 +475,20 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                 "type": "string",
                                 "enum": list(TRANSCRIPT_FORMATS),
                                 "default": "json",
+                            },
+                        },
+                        {
+                            "name": "version",
+                            "in": "query",
+                            "required": False,
+                            "description": (
+                                "live: the realtime transcript; batch: the post-call batch "
+                                "pass's (CALLBRIDGE_POSTCALL=batch)"
+                            ),
+                            "schema": {
+                                "type": "string",
+                                "enum": ["live", "batch"],
+                                "default": "live",
                             },
                         },
                     ],
@@ -437,10 +506,30 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             ),
                             "content": {JSON: {"schema": _ref("Summary")}},
                         },
-                        "404": not_found,
-                        "409": _error_response("the call has not ended yet"),
+                        "404": _error_response(
+                            "unknown call; version=batch: no batch transcript or the pass failed"
+                        ),
+                        "409": _error_response(
+                            "the call has not ended yet; version=batch: the pass has not finished"
+                        ),
                     },
-                    [CALL_SID_PARAMETER],
+                    [
+                        CALL_SID_PARAMETER,
+                        {
+                            "name": "version",
+                            "in": "query",
+                            "required": False,
+                            "description": (
+                                "live: the realtime transcript; batch: the post-call batch "
+                                "pass's (CALLBRIDGE_POSTCALL=batch)"
+                            ),
+                            "schema": {
+                                "type": "string",
+                                "enum": ["live", "batch"],
+                                "default": "live",
+                            },
+                        },
+                    ],
                 )
             },
             "/v1/calls/{call_sid}/events": {
@@ -487,6 +576,14 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "A call's AI summary is ready, or has finally failed (ai.status)",
                 "CallSummarizedEvent",
             ),
+            "call.transcript_final": _webhook(
+                "A call's batch transcript is stored (CALLBRIDGE_POSTCALL=batch)",
+                "CallTranscriptFinalEvent",
+            ),
+            "call.postcall_failed": _webhook(
+                "Extension: a call's batch pass finally failed (the live transcript stays)",
+                "CallPostcallFailedEvent",
+            ),
         },
         "components": {
             "securitySchemes": {
@@ -502,6 +599,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "Word": WORD,
                 "Segment": SEGMENT,
                 "Call": CALL,
+                "CallDetail": {
+                    "allOf": [_ref("Call"), _obj({"postcall": POSTCALL})],
+                },
                 "CallPage": _obj(
                     {
                         "calls": {"type": "array", "items": _ref("Call")},
@@ -515,6 +615,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "call_sid": {"type": "string"},
                         "status": {"type": "string", "enum": ["ringing", "live", "ended"]},
                         "segments": {"type": "array", "items": _ref("Segment")},
+                        "version": {"type": "string", "enum": ["live", "batch"]},
                     }
                 ),
                 "SpeakerStats": SPEAKER_STATS,
@@ -525,6 +626,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "CallEndedEvent": CALL_ENDED,
                 "TranscriptPartialEvent": TRANSCRIPT_PARTIAL,
                 "CallSummarizedEvent": CALL_SUMMARIZED,
+                "CallTranscriptFinalEvent": CALL_TRANSCRIPT_FINAL,
+                "CallPostcallFailedEvent": CALL_POSTCALL_FAILED,
             },
         },
     }

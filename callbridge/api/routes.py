@@ -11,10 +11,14 @@ the interface:
   :mod:`callbridge.api.event_stream`.
 * ``GET /v1/calls/{sid}/summary``: ``409 call_not_ended`` while the call is ringing or live;
   ``ai`` (the AI summary's state) is added when the call has one.
+* ``?version=batch`` on the transcript and the summary, and ``postcall`` on a call: the
+  post-call batch pass (:mod:`callbridge.api.postcall_views`).
 * ``DELETE /v1/calls/{sid}``: ``409 call_live`` while the call is live (erasing it would
   race the bridge still writing its segments); ``?force=true`` erases a call that is
   recorded as live but whose stream is not open in this process (e.g. after a crash).
-  Ringing and ended calls are erased at once.
+  Ringing and ended calls are erased at once. What is kept outside the store (the audio for
+  the batch pass, transcripts at ElevenLabs) is erased first; if that fails the call stays
+  and the answer is ``503 erasure_incomplete`` (try again).
 * A query parameter a route does not know, or one given twice, is ``400 invalid_query``.
 * A store failure is ``503 store_unavailable``.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Callable
 
+import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -38,10 +43,18 @@ from callbridge.api.formats import (
     transcript_to_json,
 )
 from callbridge.api.openapi import openapi_document
-from callbridge.context import LIVE_CALLS, LIVE_FEED, SETTINGS, STORE
+from callbridge.api.postcall_views import (
+    VERSIONS,
+    batch_record,
+    invalid_version,
+    postcall_state,
+)
+from callbridge.context import CALL_ERASERS, LIVE_CALLS, LIVE_FEED, SETTINGS, STORE
 from callbridge.http_errors import json_error
 from callbridge.live_feed import LiveFeed
 from callbridge.store.base import CallRecord, CallStatus
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 CALL_STATUSES = tuple(status.value for status in CallStatus)
@@ -133,22 +146,32 @@ async def get_call(request: web.Request) -> web.Response:
     found = await _find_call(request)
     if isinstance(found, web.Response):
         return found
-    return web.json_response(call_to_json(found))
+    postcall = await postcall_state(request.config_dict[STORE], found.call_sid)
+    return web.json_response({**call_to_json(found), "postcall": postcall})
 
 
-@query_params("format")
+@query_params("format", "version")
 async def get_transcript(request: web.Request) -> web.Response:
     output = request.query.get("format", "json")
     if output not in TRANSCRIPT_FORMATS:
         return json_error(
             400, "invalid_format", f"format must be one of {', '.join(TRANSCRIPT_FORMATS)}"
         )
+    version = request.query.get("version", "live")
+    if version not in VERSIONS:
+        return invalid_version()
     found = await _find_call(request)
     if isinstance(found, web.Response):
         return found
-    segments = await request.config_dict[STORE].get_segments(found.call_sid)
+    if version == "batch":
+        record = await batch_record(request, found)
+        if isinstance(record, web.Response):
+            return record
+        segments = list(record.segments)
+    else:
+        segments = await request.config_dict[STORE].get_segments(found.call_sid)
     if output == "json":
-        return web.json_response(transcript_to_json(found, segments))
+        return web.json_response({**transcript_to_json(found, segments), "version": version})
     return web.Response(
         text=TEXT_RENDERERS[output](segments),
         content_type=CONTENT_TYPES[output],
@@ -156,8 +179,11 @@ async def get_transcript(request: web.Request) -> web.Response:
     )
 
 
-@query_params()
+@query_params("version")
 async def get_summary(request: web.Request) -> web.Response:
+    version = request.query.get("version", "live")
+    if version not in VERSIONS:
+        return invalid_version()
     found = await _find_call(request)
     if isinstance(found, web.Response):
         return found
@@ -167,6 +193,14 @@ async def get_summary(request: web.Request) -> web.Response:
             "call_not_ended",
             f"call {found.call_sid!r} is {found.status}; its summary exists once it has ended",
         )
+    if version == "batch":
+        record = await batch_record(request, found)
+        if isinstance(record, web.Response):
+            return record
+        batch_summary = dict(record.summary or {})
+        if found.ai_summary is not None:
+            batch_summary["ai"] = dict(found.ai_summary)
+        return web.json_response(batch_summary)
     summary = summary_to_json(found)
     if summary is None:
         return json_error(404, "summary_not_found", f"call {found.call_sid!r} has no summary")
@@ -190,6 +224,16 @@ async def delete_call(request: web.Request) -> web.Response:
             f"call {found.call_sid!r} is live; erase it after it ends"
             + ("" if live_here else " (or with ?force=true if its stream is gone)"),
         )
+    for erase in request.config_dict.get(CALL_ERASERS, ()):
+        try:
+            await erase(found.call_sid)  # kept elsewhere: the audio, transcripts at ElevenLabs
+        except Exception as exc:
+            log.warning("api.erasure_incomplete", call_sid=found.call_sid, error=str(exc)[:300])
+            return json_error(
+                503,
+                "erasure_incomplete",
+                f"call {found.call_sid!r} was not erased: {str(exc)[:200]}; try again",
+            )
     if not await request.config_dict[STORE].delete_call(found.call_sid):
         return call_not_found(found.call_sid)
     return web.Response(status=204)

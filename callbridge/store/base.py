@@ -50,7 +50,7 @@ from typing import Any, Protocol
 import structlog
 
 from callbridge.jobs.model import JobQueue, NewJob
-from callbridge.models import CallEnded, CallInfo, CommittedSegment
+from callbridge.models import BatchTranscript, CallEnded, CallInfo, CommittedSegment
 
 
 class StoreError(Exception):
@@ -177,6 +177,15 @@ class Store(Protocol):
         when the call is unknown (e.g. erased meanwhile) or its AI summary is final already
         (e.g. written by a runner that lost its lease)."""
 
+    async def set_batch_transcript(
+        self, record: BatchTranscript, events: Sequence[OutboxEvent], jobs: Sequence[NewJob] = ()
+    ) -> bool:
+        """Store the call's batch transcript (or the pass's failure), enqueue its event and
+        follow-up jobs, in one transaction. Written once: False, and nothing stored, sent or
+        enqueued, when the call is unknown (erased meanwhile) or has a batch record already."""
+
+    async def get_batch_transcript(self, call_sid: str) -> BatchTranscript | None: ...
+
     async def twilio_status(self, call_sid: str, status: str, duration_s: int | None) -> None:
         """Record a Twilio call status callback.
 
@@ -224,8 +233,8 @@ class Store(Protocol):
     async def get_segments(self, call_sid: str) -> list[CommittedSegment]: ...
 
     async def delete_call(self, call_sid: str) -> bool:
-        """Erase the call, its segments, its events and deliveries, and its jobs; False if
-        unknown."""
+        """Erase the call, its segments, its events and deliveries, its jobs and its batch
+        transcript; False if unknown."""
 
     # the event log --------------------------------------------------------------------
     async def events_after(

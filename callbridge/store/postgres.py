@@ -21,7 +21,14 @@ import structlog
 
 from callbridge.jobs.model import JobQueue, NewJob
 from callbridge.masking import mask_url
-from callbridge.models import CallEnded, CallInfo, CommittedSegment, utc_now
+from callbridge.models import (
+    BatchTranscript,
+    CallEnded,
+    CallInfo,
+    CommittedSegment,
+    segment_to_stored_json,
+    utc_now,
+)
 from callbridge.store.base import (
     FINAL_TWILIO_STATUSES,
     CallRecord,
@@ -48,9 +55,11 @@ from callbridge.store.base import (
 )
 from callbridge.store.jobs_postgres import PostgresJobQueue, insert_jobs
 from callbridge.store.rows import (
+    BATCH_COLUMNS,
     CALL_COLUMNS,
     DELIVERY_COLUMNS,
     SEGMENT_COLUMNS,
+    batch_transcript,
     call_record,
     committed_segment,
     delivery,
@@ -461,6 +470,39 @@ class PostgresStore:
                 await self._enqueue(conn, events, now, claims)
             return bool(updated)
 
+    async def set_batch_transcript(
+        self, record: BatchTranscript, events: Sequence[OutboxEvent], jobs: Sequence[NewJob] = ()
+    ) -> bool:
+        now = self._clock()
+        async with self._write() as (conn, claims):
+            inserted = await conn.fetchval(
+                "INSERT INTO batch_transcripts (call_sid, status, segments, summary, error, "
+                "transcription_ids, audio_seconds, model_id, created_at) "
+                "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS "
+                "(SELECT 1 FROM calls WHERE call_sid = $1) ON CONFLICT (call_sid) DO NOTHING "
+                "RETURNING true",
+                record.call_sid,
+                str(record.status),
+                [segment_to_stored_json(s) for s in record.segments],
+                None if record.summary is None else dict(record.summary),
+                record.error,
+                list(record.transcription_ids),
+                record.audio_seconds,
+                record.model_id,
+                record.created_at,
+            )
+            if inserted:
+                await self._enqueue(conn, events, now, claims)
+                await insert_jobs(conn, jobs, now)
+            return bool(inserted)
+
+    async def get_batch_transcript(self, call_sid: str) -> BatchTranscript | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {BATCH_COLUMNS} FROM batch_transcripts WHERE call_sid = $1", call_sid
+            )
+        return None if row is None else batch_transcript(row, _as_is, _as_is)
+
     async def twilio_status(self, call_sid: str, status: str, duration_s: int | None) -> None:
         async with self._connection() as conn:
             await conn.execute(
@@ -621,6 +663,7 @@ class PostgresStore:
             )
             await conn.execute("DELETE FROM deliveries WHERE call_sid = $1", call_sid)
             await conn.execute("DELETE FROM jobs WHERE call_sid = $1", call_sid)
+            await conn.execute("DELETE FROM batch_transcripts WHERE call_sid = $1", call_sid)
             events = await conn.execute("DELETE FROM events WHERE call_sid = $1", call_sid)
             segments = await conn.execute("DELETE FROM segments WHERE call_sid = $1", call_sid)
             calls = await conn.execute("DELETE FROM calls WHERE call_sid = $1", call_sid)

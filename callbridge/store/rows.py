@@ -12,7 +12,14 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from callbridge.jobs.model import Job, JobStatus
-from callbridge.models import CommittedSegment, Track, Word
+from callbridge.models import (
+    BatchStatus,
+    BatchTranscript,
+    CommittedSegment,
+    Track,
+    Word,
+    segment_from_json,
+)
 from callbridge.store.base import CallRecord, CallStatus, Delivery
 
 CALL_COLUMNS = (
@@ -128,4 +135,27 @@ def job(row: Row, json: DecodeJson, time: DecodeTime) -> Job:
         lease_expires_at=optional_time(row["lease_expires_at"]),
         created_at=time(row["created_at"]),
         finished_at=optional_time(row["finished_at"]),
+    )
+
+
+# --- batch transcripts ------------------------------------------------------------------------
+
+BATCH_COLUMNS = (
+    "call_sid, status, segments, summary, error, transcription_ids, audio_seconds, model_id, "
+    "created_at"
+)
+
+
+def batch_transcript(row: Row, json: DecodeJson, time: DecodeTime) -> BatchTranscript:
+    summary = row["summary"]
+    return BatchTranscript(
+        call_sid=row["call_sid"],
+        status=BatchStatus(row["status"]),
+        segments=tuple(segment_from_json(raw) for raw in json(row["segments"])),
+        summary=None if summary is None else json(summary),
+        error=row["error"],
+        transcription_ids=tuple(json(row["transcription_ids"])),
+        audio_seconds=float(row["audio_seconds"]),
+        model_id=row["model_id"],
+        created_at=time(row["created_at"]),
     )

@@ -22,7 +22,14 @@ from typing import Any, TypeVar
 import structlog
 
 from callbridge.jobs.model import JobQueue, NewJob
-from callbridge.models import CallEnded, CallInfo, CommittedSegment, utc_now
+from callbridge.models import (
+    BatchTranscript,
+    CallEnded,
+    CallInfo,
+    CommittedSegment,
+    segment_to_stored_json,
+    utc_now,
+)
 from callbridge.store.base import (
     FINAL_TWILIO_STATUSES,
     CallRecord,
@@ -49,9 +56,11 @@ from callbridge.store.base import (
 )
 from callbridge.store.jobs_sqlite import SqliteJobQueue, insert_jobs
 from callbridge.store.rows import (
+    BATCH_COLUMNS,
     CALL_COLUMNS,
     DELIVERY_COLUMNS,
     SEGMENT_COLUMNS,
+    batch_transcript,
     call_record,
     committed_segment,
     delivery,
@@ -488,6 +497,46 @@ class SqliteStore:
 
         return await self._write(work)
 
+    async def set_batch_transcript(
+        self, record: BatchTranscript, events: Sequence[OutboxEvent], jobs: Sequence[NewJob] = ()
+    ) -> bool:
+        now = self._now_us()
+
+        def work(conn: sqlite3.Connection) -> bool:
+            inserted = conn.execute(
+                "INSERT INTO batch_transcripts (call_sid, status, segments, summary, error, "
+                "transcription_ids, audio_seconds, model_id, created_at) "
+                "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS "
+                "(SELECT 1 FROM calls WHERE call_sid = ?) ON CONFLICT (call_sid) DO NOTHING",
+                (
+                    record.call_sid,
+                    str(record.status),
+                    json.dumps([segment_to_stored_json(s) for s in record.segments]),
+                    None if record.summary is None else json.dumps(dict(record.summary)),
+                    record.error,
+                    json.dumps(list(record.transcription_ids)),
+                    record.audio_seconds,
+                    record.model_id,
+                    to_micros(record.created_at),
+                    record.call_sid,
+                ),
+            ).rowcount
+            if inserted:
+                self._enqueue(conn, events, now)
+                insert_jobs(conn, jobs, now)
+            return bool(inserted)
+
+        return await self._write(work)
+
+    async def get_batch_transcript(self, call_sid: str) -> BatchTranscript | None:
+        def work(conn: sqlite3.Connection) -> BatchTranscript | None:
+            row = conn.execute(
+                f"SELECT {BATCH_COLUMNS} FROM batch_transcripts WHERE call_sid = ?", (call_sid,)
+            ).fetchone()
+            return None if row is None else batch_transcript(row, json.loads, from_micros)
+
+        return await self._run(work)
+
     async def twilio_status(self, call_sid: str, status: str, duration_s: int | None) -> None:
         now = self._now_us()
 
@@ -677,6 +726,7 @@ class SqliteStore:
         def work(conn: sqlite3.Connection) -> bool:
             conn.execute("DELETE FROM deliveries WHERE call_sid = ?", (call_sid,))
             conn.execute("DELETE FROM jobs WHERE call_sid = ?", (call_sid,))
+            conn.execute("DELETE FROM batch_transcripts WHERE call_sid = ?", (call_sid,))
             events = conn.execute("DELETE FROM events WHERE call_sid = ?", (call_sid,)).rowcount
             segments = conn.execute("DELETE FROM segments WHERE call_sid = ?", (call_sid,)).rowcount
             calls = conn.execute("DELETE FROM calls WHERE call_sid = ?", (call_sid,)).rowcount

@@ -12,12 +12,21 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from callbridge.models import CallEnded, CallInfo, CommittedSegment, rfc3339, utc_now
+from callbridge.models import (
+    BatchTranscript,
+    CallEnded,
+    CallInfo,
+    CommittedSegment,
+    rfc3339,
+    utc_now,
+)
 from callbridge.store.base import OutboxEvent
 
 CALL_STARTED = "call.started"
 TRANSCRIPT_COMMITTED = "transcript.committed"
 CALL_ENDED = "call.ended"
+CALL_TRANSCRIPT_FINAL = "call.transcript_final"
+CALL_POSTCALL_FAILED = "call.postcall_failed"  # extension: the batch pass finally failed
 CALL_SUMMARIZED = "call.summarized"
 
 
@@ -83,3 +92,23 @@ def call_summarized_event(
     """The AI summary is ready, or has finally failed (``ai.status`` says which)."""
     data = {"call_sid": call_sid, "ai": dict(ai_summary)}
     return _event(call_sid, CALL_SUMMARIZED, data, now or utc_now())
+
+
+def call_transcript_final_event(
+    record: BatchTranscript, now: datetime | None = None
+) -> OutboxEvent:
+    """The call's ``batch`` transcript is stored: its segments and the summary made from them."""
+    data = {
+        "call_sid": record.call_sid,
+        "version": "batch",
+        "segments": [segment.to_json() for segment in record.segments],
+        "summary": dict(record.summary or {}),
+        "audio_seconds_billed": record.audio_seconds,  # extension
+    }
+    return _event(record.call_sid, CALL_TRANSCRIPT_FINAL, data, now or utc_now())
+
+
+def call_postcall_failed_event(record: BatchTranscript, now: datetime | None = None) -> OutboxEvent:
+    """Extension: the batch pass finally failed; the live transcript stays the call's only one."""
+    data = {"call_sid": record.call_sid, "version": "batch", "error": record.error}
+    return _event(record.call_sid, CALL_POSTCALL_FAILED, data, now or utc_now())
