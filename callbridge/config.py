@@ -572,6 +572,18 @@ def check_serve(settings: Settings) -> None:
             "is not set; it validates X-Twilio-Signature "
             "(CALLBRIDGE_TWILIO_VALIDATE=false turns the checks off)",
         )
+    if settings.postcall.enabled:
+        folder = Path(settings.postcall.audio_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigError(
+                "CALLBRIDGE_POSTCALL_AUDIO_DIR", f"cannot create {folder}: {exc.strerror}"
+            ) from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(
+                "CALLBRIDGE_POSTCALL_AUDIO_DIR", f"{folder} is not writable; call audio waits there"
+            )
 
 
 def with_stream_secret(settings: Settings) -> tuple[Settings, bool]:

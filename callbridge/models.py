@@ -228,4 +228,5 @@ def segment_from_json(raw: Mapping[str, Any]) -> CommittedSegment:
 
 
 def segment_to_stored_json(segment: CommittedSegment) -> dict[str, Any]:
-    return {**segment.to_json(), "committed_at": rfc3339(segment.committed_at)}
+    """The segment as stored in JSON (``committed_at`` to the microsecond)."""
+    return {**segment.to_json(), "committed_at": segment.committed_at.astimezone(UTC).isoformat()}

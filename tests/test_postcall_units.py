@@ -261,3 +261,42 @@ def test_the_spool_files_are_private(tmp_path: Path) -> None:
     mode = os.stat(tmp_path / "CA1" / "inbound.ulaw").st_mode & 0o777
     assert mode == 0o600
     assert json.loads((tmp_path / "CA1" / "meta.json").read_text())["call_sid"] == "CA1"
+
+
+def test_serve_checks_the_postcall_settings(tmp_path: Path) -> None:
+    from callbridge.config import ConfigError, check_serve, load_settings
+
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    base = {
+        "ELEVENLABS_API_KEY": "k",
+        "CALLBRIDGE_PUBLIC_URL": "https://bridge.example.com",
+        "CALLBRIDGE_TWILIO_VALIDATE": "false",
+    }
+    with pytest.raises(ConfigError, match=r"^CALLBRIDGE_POSTCALL: 'later' is not off or batch"):
+        load_settings(empty, environ={**base, "CALLBRIDGE_POSTCALL": "later"})
+    with pytest.raises(ConfigError, match=r"^CALLBRIDGE_SCRIBE_BATCH_URL: "):
+        load_settings(empty, environ={**base, "CALLBRIDGE_SCRIBE_BATCH_URL": "ftp://x"})
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    settings = load_settings(
+        empty,
+        environ={
+            **base,
+            "CALLBRIDGE_POSTCALL": "batch",
+            "CALLBRIDGE_POSTCALL_AUDIO_DIR": str(blocker / "audio"),
+        },
+    )
+    with pytest.raises(ConfigError, match=r"^CALLBRIDGE_POSTCALL_AUDIO_DIR: cannot create"):
+        check_serve(settings)
+    good = load_settings(
+        empty,
+        environ={
+            **base,
+            "CALLBRIDGE_POSTCALL": "batch",
+            "CALLBRIDGE_POSTCALL_AUDIO_DIR": str(tmp_path / "a"),
+        },
+    )
+    check_serve(good)
+    assert good.postcall.enabled and (tmp_path / "a").is_dir()
+    assert good.scribe.batch_url == "https://api.elevenlabs.io/v1/speech-to-text"

@@ -25,6 +25,7 @@ and any remote transcripts are deleted.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -42,6 +43,7 @@ from callbridge.jobs import (
     RetryableJobError,
     RetryPolicy,
 )
+from callbridge.jobs.runner import LeaseLost
 from callbridge.models import (
     BatchStatus,
     BatchTranscript,
@@ -53,7 +55,7 @@ from callbridge.models import (
     utc_now,
 )
 from callbridge.postcall.audio_spool import AudioSpool
-from callbridge.postcall.batch_client import BatchError, ScribeBatchClient
+from callbridge.postcall.batch_client import BatchError, BatchTranscription, ScribeBatchClient
 from callbridge.postcall.batch_transcript import TrackResult, batch_segments
 from callbridge.postcall.request_audio import request_audio
 from callbridge.redaction import parse_kinds
@@ -98,6 +100,7 @@ class BatchPass:
         self._follow_ups = follow_ups
         self._jobs_enqueued = jobs_enqueued
         self._clock = clock
+        self._pending: set[asyncio.Future[Any]] = set()
         self._labels = {
             str(Track.INBOUND): settings.speakers.inbound_label,
             str(Track.OUTBOUND): settings.speakers.outbound_label,
@@ -164,13 +167,17 @@ class BatchPass:
                 if track_name in transcriptions:
                     transcription = await self.client.get(transcriptions[track_name])
                 if transcription is None:
-                    transcription = await self.client.transcribe(
-                        sent.wav, f"{call_sid}-{track_name}.wav"
-                    )
+                    transcription = await self._transcribe(sent.wav, f"{call_sid}-{track_name}.wav")
                     transcriptions[track_name] = transcription.transcription_id
                     billed[track_name] = transcription.audio_duration_secs or sent.seconds
                     payload.update(transcriptions=transcriptions, billed=billed)
-                    await context.save_progress(payload)
+                    try:
+                        await context.save_progress(payload)
+                    except LeaseLost:
+                        # Erased meanwhile (the job went with the call), or the job is
+                        # another runner's now: this transcript will never be used.
+                        self._forget(transcription.transcription_id)
+                        raise
             except BatchError as exc:
                 raise _as_job_error(exc) from exc
             results.append(
@@ -252,6 +259,33 @@ class BatchPass:
         self.spool.delete(call_sid)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    async def _transcribe(self, wav: bytes, filename: str) -> BatchTranscription:
+        """One request that, if this pass is cancelled while it runs (the call erased, the
+        lease lost, the server stopping), still finishes and has its transcript deleted at
+        ElevenLabs: nothing would ever use it."""
+        request = asyncio.ensure_future(self.client.transcribe(wav, filename))
+        try:
+            return await asyncio.shield(request)
+        except asyncio.CancelledError:
+            request.add_done_callback(self._abandoned)
+            self._pending.add(request)
+            raise
+
+    def _abandoned(self, request: asyncio.Future[BatchTranscription]) -> None:
+        self._pending.discard(request)
+        if not request.cancelled() and request.exception() is None:
+            self._forget(request.result().transcription_id)
+
+    def _forget(self, transcription_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._delete_remote("", [transcription_id]))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Give abandoned requests and their clean-up ``timeout`` seconds (at shutdown)."""
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=timeout)
 
     def _follow_up_jobs(self, call_sid: str) -> list[NewJob]:
         return [job for follow_up in self._follow_ups for job in follow_up(call_sid)]

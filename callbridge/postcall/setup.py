@@ -78,6 +78,7 @@ def setup_postcall(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            await batch.drain(timeout=settings.jobs.shutdown_grace_s)
             await client.close()
 
     app.cleanup_ctx.append(sweep_and_close)

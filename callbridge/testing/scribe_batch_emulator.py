@@ -119,7 +119,7 @@ class BatchRequest:
     fields: dict[str, list[str]]
     files: dict[str, tuple[str | None, str | None, bytes]]  # name → (filename, type, bytes)
     ignored_fields: tuple[str, ...]
-    status: int
+    status: int  # what was answered (0: nothing, the connection was dropped or abandoned)
     fault: FaultKind | None
     received_at: float = field(default_factory=time.time)
 
@@ -165,6 +165,7 @@ class ScribeBatchEmulator(LocalHttpServer):
         self.requests: list[BatchRequest] = []
         self.transcripts: dict[str, dict[str, Any]] = {}
         self.deleted: list[str] = []
+        self.in_flight = 0  # transcription requests being answered now
         self._faults: deque[BatchFault | None] = deque()
 
     @property
@@ -224,7 +225,8 @@ class ScribeBatchEmulator(LocalHttpServer):
         fault = self._faults.popleft() if self._faults else None
         fields: dict[str, list[str]] = {}
         files: dict[str, tuple[str | None, str | None, bytes]] = {}
-        status = 200
+        status = 0  # until an answer goes out (0: none did, the connection was dropped)
+        self.in_flight += 1
         try:
             denied = self._unauthorized(request)
             if denied is not None:
@@ -242,7 +244,9 @@ class ScribeBatchEmulator(LocalHttpServer):
                     files[part.name] = (part.filename, part.headers.get("Content-Type"), data)
                 else:
                     fields.setdefault(part.name, []).append(data.decode("utf-8"))
-            if fault is not None:
+            if fault is not None and fault.kind == "slow":
+                await asyncio.sleep(fault.delay_s)  # then answer as usual
+            elif fault is not None:
                 response = await self._fault(request, fault)
                 status = response.status if isinstance(response, web.Response) else 0
                 return response
@@ -256,6 +260,7 @@ class ScribeBatchEmulator(LocalHttpServer):
                 status = answer.status
                 return answer
             self.transcripts[answer["transcription_id"]] = answer
+            status = 200
             if options.get("webhook"):
                 return web.json_response(
                     {
@@ -266,6 +271,7 @@ class ScribeBatchEmulator(LocalHttpServer):
                 )
             return web.json_response(answer)
         finally:
+            self.in_flight -= 1
             self.requests.append(
                 BatchRequest(
                     headers=dict(request.headers),
@@ -283,9 +289,6 @@ class ScribeBatchEmulator(LocalHttpServer):
             if request.transport is not None:
                 request.transport.close()
             return web.Response(status=0)
-        if fault.kind == "slow":
-            await asyncio.sleep(fault.delay_s)
-            return _detail(503, "emulated_slow", "(the slow answer of an emulated fault)")
         headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
         if fault.kind == "rate_limit":
             return _detail(429, "rate_limit_exceeded", RATE_LIMIT_TEXT, headers)
