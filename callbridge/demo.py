@@ -5,9 +5,12 @@ random Twilio and API tokens), a local webhook receiver that verifies the Standa
 Webhooks signatures, and, without ``ELEVENLABS_API_KEY``, the bundled Scribe emulator.
 Then it plays the bundled two-speaker sample call through the real code path as a Twilio
 call, prints every ``transcript.committed`` event as the receiver gets it, the post-call
-summary from the ``call.ended`` event, and the AI summary from ``call.summarized``: written
-by the LLM at ``CALLBRIDGE_SUMMARY_LLM_URL`` when it is set, else by the bundled LLM
-emulator (every text marked ``[emulated]``). Then the same call on a bad line
+summary from the ``call.ended`` event, the batch transcript from ``call.transcript_final``
+(the post-call pass: with ``CALLBRIDGE_POSTCALL=batch`` against ElevenLabs, or, without a
+key, against the bundled batch emulator, which returns the call's script and is marked as
+emulated), and the AI summary from ``call.summarized``: written by the LLM at
+``CALLBRIDGE_SUMMARY_LLM_URL`` when it is set, else by the bundled LLM emulator (every text
+marked ``[emulated]``). Then the same call on a bad line
 (``noisy_call.wav``: babble, street noise, 12 s of hold music with the caller talking over
 it, key presses, a cough, a click before hang-up), with a report of how the background was
 handled, checked against the call's ground truth.
@@ -43,6 +46,7 @@ from callbridge.config import (
     ApiSettings,
     DatabaseSettings,
     LoggingSettings,
+    PostcallSettings,
     Settings,
     SummarySettings,
     TwilioSettings,
@@ -65,6 +69,7 @@ from callbridge.simulate import (
     summary_lines,
 )
 from callbridge.testing.llm_emulator import EMULATED_MODEL, LLMEmulator
+from callbridge.testing.scribe_batch_emulator import ScribeBatchEmulator
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.twilio_simulator import new_call_sid
 from callbridge.testing.webhook_receiver import ReceivedRequest, Reply, WebhookReceiver
@@ -78,7 +83,12 @@ LLM_EMULATOR_NOTICE = (
     "callbridge demo: no CALLBRIDGE_SUMMARY_LLM_URL, the AI summary comes from the bundled "
     "LLM emulator (every text marked [emulated])"
 )
+BATCH_EMULATOR_NOTICE = (
+    "callbridge demo: the post-call batch pass uses the bundled Scribe batch emulator "
+    "(EMULATED: it returns the sample call's script as the 'batch' transcript)"
+)
 CALL_END_WAIT_S = 60.0
+BATCH_WAIT_S = 300.0  # a real batch pass of a long call, retried through a few failures
 AI_SUMMARY_WAIT_S = 300.0  # a real LLM retried through a few failures
 DEFAULT_LINGER_S = 60.0
 NOISY_CALL = "noisy_call.wav"
@@ -99,11 +109,19 @@ def demo_settings(
     speed: float,
     log_level: str,
     summary: SummarySettings | None = None,
+    batch_url: str | None = None,
 ) -> Settings:
-    """``base`` (the user's config) pointed at the local pieces of the demo."""
+    """``base`` (the user's config) pointed at the local pieces of the demo (``batch_url``:
+    the batch emulator, which turns the batch pass on)."""
     scribe = base.scribe
     if scribe_url is not None and scribe_key is not None:
         scribe = dataclasses.replace(scribe, url=scribe_url, api_key=scribe_key)
+    postcall = base.postcall
+    if batch_url is not None:
+        scribe = dataclasses.replace(scribe, batch_url=batch_url)
+        postcall = PostcallSettings(mode="batch", backoff_initial_s=0.2, backoff_max_s=2.0)
+    if postcall.enabled:
+        postcall = dataclasses.replace(postcall, audio_dir=str(database_path.parent / "audio"))
     turns = base.turns
     factor = speed if speed > 0 else AS_FAST_AS_POSSIBLE
     if factor > 1.0:
@@ -134,6 +152,7 @@ def demo_settings(
         webhook=WebhookSettings(urls=(webhook_url,), secret=webhook_secret, backoff_initial_s=0.2),
         api=ApiSettings(tokens=(api_token,)),
         summary=summary or base.summary,
+        postcall=postcall,
         jobs=dataclasses.replace(base.jobs, poll_interval_s=0.1),
         database=DatabaseSettings(
             url=f"sqlite:///{database_path}", journal_dir=str(database_path.parent / "journal")
@@ -222,6 +241,13 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         )
     else:
         console.line(LLM_EMULATOR_NOTICE)
+    emulated_batch = not real_key
+    if emulated_batch:
+        console.line(BATCH_EMULATOR_NOTICE)
+    elif base.postcall.enabled:
+        console.line(
+            f"callbridge demo: the batch pass uses Scribe batch at {base.scribe.batch_url}"
+        )
     configure_logging(base.logging.format, "info" if args.verbose else "warning")
     calls = demo_calls(args)
     twilio_token = secrets.token_hex(16)
@@ -243,6 +269,11 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             summary_settings = SummarySettings(
                 llm_url=llm.url, llm_model=EMULATED_MODEL, llm_key=llm_key
             )
+        batch: ScribeBatchEmulator | None = None
+        if emulated_batch:
+            batch = await stack.enter_async_context(
+                ScribeBatchEmulator(api_key=scribe_key, transcriber="duration")
+            )
         receiver = WebhookReceiver(secret=webhook_secret)
         receiver.set_responder(printer)
         await stack.enter_async_context(receiver)
@@ -262,6 +293,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             speed=speed,
             log_level="info" if args.verbose else "warning",
             summary=summary_settings,
+            batch_url=batch.url if batch is not None else None,
         )
         runner = web.AppRunner(
             create_app(settings),
@@ -296,6 +328,13 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             call_sid = new_call_sid()
             ended_arrival = printer.expect(call_sid, "call.ended")
             summarized_arrival = printer.expect(call_sid, "call.summarized")
+            batch_arrivals = [
+                printer.expect(call_sid, kind)
+                for kind in ("call.transcript_final", POSTCALL_FAILED)
+            ]
+            if batch is not None:
+                # what the emulated batch model "hears": the call's script, per track
+                batch.lines.update(script_lines(path, call_sid))
             async with aiohttp.ClientSession() as session:
                 await play_call(
                     session,
@@ -314,6 +353,16 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             if truth is not None:
                 console.line("")
                 for line in bad_line_report(truth, printer.segments.get(call_sid, []), ended):
+                    console.line(line)
+            if settings.postcall.enabled:
+                console.progress("Batch pass: waiting for Scribe batch…")
+                kind, final = await first_of(batch_arrivals, BATCH_WAIT_S)
+                console.progress("")
+                console.line("")
+                waited_s = (
+                    printer.arrived[(call_sid, kind)] - printer.arrived[(call_sid, "call.ended")]
+                )
+                for line in batch_lines(kind, final, waited_s, emulated_batch):
                     console.line(line)
             console.progress("AI summary: waiting for the LLM…")
             summarized = await webhook_within(
@@ -393,6 +442,57 @@ def bad_line_report(
         f"  segments {len(segments)}, sequence 1..{len(segments)} "
         f"{'without gaps' if gap_free else 'WITH GAPS'}; every segment one speaker",
     ]
+
+
+TRANSCRIPT_FINAL = "call.transcript_final"
+POSTCALL_FAILED = "call.postcall_failed"
+
+
+async def first_of(
+    arrivals: list[asyncio.Future[dict[str, Any]]], wait_s: float
+) -> tuple[str, dict[str, Any]]:
+    """``(event type, data)`` of whichever of the batch pass's two events comes first."""
+    done, _ = await asyncio.wait(arrivals, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+    if not done:
+        raise SimulateError(
+            f"no call.transcript_final webhook within {wait_s:.0f} s of the call's end "
+            "(run with --verbose to see the bridge's log)"
+        )
+    first = next(iter(done))
+    kind = TRANSCRIPT_FINAL if first is arrivals[0] else POSTCALL_FAILED
+    return kind, first.result()
+
+
+def script_lines(path: Path, call_sid: str) -> dict[str, list[str]]:
+    """The lines each party says in a bundled call (its ``.json`` ground truth), keyed by
+    the names the batch pass gives the call's files. None for a call without a script, or
+    with a noisy background (the emulator could not tell the lines from the noise)."""
+    truth_path = path.with_suffix(".json")
+    if not truth_path.exists():
+        return {}
+    truth = json.loads(truth_path.read_text(encoding="utf-8"))
+    if "background" in truth or "hold_music" in truth:
+        return {}
+    turns = sorted(truth.get("turns", []), key=lambda turn: turn["start_ms"])
+    return {
+        f"{call_sid}-inbound": [t["text"] for t in turns if t["speaker"] == "caller"],
+        f"{call_sid}-outbound": [t["text"] for t in turns if t["speaker"] == "agent"],
+    }
+
+
+def batch_lines(kind: str, data: dict[str, Any], waited_s: float, emulated: bool) -> list[str]:
+    """The post-call batch transcript (or why there is none), readable on a terminal."""
+    source = "Scribe v2 batch, EMULATED" if emulated else "Scribe v2 batch"
+    if kind != TRANSCRIPT_FINAL:
+        return [f"Batch pass FAILED ({waited_s:.2f} s after call.ended): {data.get('error')}"]
+    segments = data.get("segments") or []
+    lines = [
+        f"Batch transcript ({source}; {len(segments)} segments, "
+        f"{data.get('audio_seconds_billed', 0):.1f} s of audio billed, "
+        f"{waited_s:.2f} s after call.ended):"
+    ]
+    lines += [f"  {segment_line(segment)}" for segment in segments]
+    return lines
 
 
 def ai_summary_lines(ai: dict[str, Any], waited_s: float) -> list[str]:

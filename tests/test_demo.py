@@ -84,14 +84,33 @@ def test_demo_prints_the_sample_call_turn_by_turn_and_a_summary() -> None:
     assert "overlap" in summary and "silence" in summary
     assert "all signatures valid" in result.stdout.splitlines()[-1]
 
-    # the AI summary of the sample call, from the bundled LLM emulator, marked as such
+    # the post-call batch pass, emulated and marked as such: the script, speaker by speaker
+    assert "batch emulator" in lines[2] and "EMULATED" in lines[2]
+    batch_at = next(i for i, line in enumerate(lines) if line.startswith("Batch transcript ("))
+    assert batch_at > summary_at and "EMULATED" in lines[batch_at]
+    batch = [
+        match.groups() for line in lines[batch_at + 1 :] if (match := SEGMENT.match(line.strip()))
+    ]
+    assert [(speaker, text) for *_, speaker, text in batch] == [
+        (turn["speaker"], turn["text"]) for turn in turns
+    ]
+    batch_starts = [round((int(m) * 60 + float(s)) * 1000) for m, s, _, _ in batch]
+    assert all(
+        abs(start - turn["start_ms"]) <= 500
+        for start, turn in zip(batch_starts, turns, strict=True)
+    )
+    billed = re.search(r"([\d.]+) s of audio billed", lines[batch_at])
+    assert billed is not None and float(billed.group(1)) < 2 * truth["duration_ms"] / 1000
+
+    # the AI summary of the sample call, from the bundled LLM emulator, marked as such; it
+    # reads the batch transcript, which the batch pass gives it
     assert "no CALLBRIDGE_SUMMARY_LLM_URL" in lines[1] and "LLM emulator" in lines[1]
     ai_at = next(i for i, line in enumerate(lines) if line.startswith("AI summary by "))
-    assert ai_at > summary_at
+    assert ai_at > batch_at
     assert lines[ai_at].startswith("AI summary by callbridge-emulated-llm (1 request(s), ")
     ai = dict(line.strip().split(": ", 1) for line in lines[ai_at + 1 : ai_at + 4])
-    assert ai["Gist"].startswith(f"[emulated] {len(segments)} lines")  # one per segment
-    assert ai["Reason"].startswith("[emulated] caller said:")
+    assert ai["Gist"].startswith(f"[emulated] {len(batch)} lines")  # one per batch segment
+    assert ai["Reason"] == f"[emulated] caller said: “{turns[1]['text']}”"
     assert ai["Outcome"].startswith(("resolved", "unresolved", "escalated", "follow_up"))
     assert any(line.startswith("  Sentiment: caller ") for line in lines[ai_at:])
 

@@ -3,7 +3,8 @@
 Scribe batch takes a file, not raw μ-law (``file_format`` has no μ-law), so a track goes as
 a WAV of 16-bit PCM at 8 kHz. By default only speech is sent: the track's measured speech
 (the live voice activity) padded by ``pad_ms`` on each side, its stretches joined with
-``join_ms`` of silence, since silence is billed like speech. :class:`TimeMap` maps a time in
+``join_ms`` of silence (a pause between turns, as a listener would expect one), since
+silence is billed like speech. :class:`TimeMap` maps a time in
 the sent audio back to the Twilio stream clock.
 """
 
@@ -71,7 +72,7 @@ def request_audio(
     speech: Sequence[Span] | None,
     *,
     pad_ms: int = 400,
-    join_ms: int = 300,
+    join_ms: int = 700,
 ) -> RequestAudio | None:
     """The WAV to send for ``track``: all of it (``speech`` None), or only its speech
     (None when the track has none, so nothing is sent and nothing billed)."""

@@ -15,8 +15,13 @@ The answer has the documented shape (``language_code`` in ISO 639-3, ``text``, `
 with ``spacing`` entries, ``transcription_id``, ``entities``, ``audio_duration_secs``), from
 the same synthetic recogniser as the realtime emulator: tone-burst words, or the text of a
 :class:`~callbridge.testing.speech_script.SpeechScript` (its ``batch_text`` and
-``entities``). It decodes WAV (PCM, any rate) and ``file_format=pcm_s16le_16``; any other
-container is answered ``400 invalid_audio`` (the live service decodes most formats).
+``entities``), or, given ``lines`` (what was said, per track: a key found in the file's name,
+e.g. ``{"inbound": [...], "outbound": [...]}``), those lines laid on the voiced stretches it
+hears: the demo's sample call comes back as its script. Without either, ``transcriber``
+says what it heard: ``tones`` names tone-burst words (``tone550``), ``duration`` reports each
+stretch of sound as ``[emulated batch: 1.8 s of sound]``. It decodes WAV (PCM, any rate) and
+``file_format=pcm_s16le_16``; any other container is answered ``400 invalid_audio`` (the
+live service decodes most formats).
 
 ``GET``/``DELETE /v1/speech-to-text/transcripts/{id}`` return or delete what it made (404
 once gone). Faults are injected per request, in order (:meth:`ScribeBatchEmulator.inject`):
@@ -39,7 +44,7 @@ import secrets
 import time
 import wave
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,7 +53,7 @@ from aiohttp import BodyPartReader, web
 
 from callbridge import event_loop
 from callbridge.testing.local_server import LocalHttpServer
-from callbridge.testing.speech import detect_words
+from callbridge.testing.speech import detect_words, frame_levels_dbfs
 from callbridge.testing.speech_script import ScriptedUtterance, SpeechScript, TimedToken
 
 BATCH_PATH = "/v1/speech-to-text"
@@ -157,11 +162,15 @@ class ScribeBatchEmulator(LocalHttpServer):
         *,
         api_key: str | None = DEFAULT_API_KEY,
         script: SpeechScript | None = None,
+        lines: Mapping[str, Sequence[str]] | None = None,
+        transcriber: Literal["tones", "duration"] = "tones",
         port: int = 0,
     ) -> None:
         super().__init__(port)
         self.api_key = api_key
         self.script = script
+        self.transcriber = transcriber
+        self.lines = dict(lines or {})
         self.requests: list[BatchRequest] = []
         self.transcripts: dict[str, dict[str, Any]] = {}
         self.deleted: list[str] = []
@@ -307,8 +316,14 @@ class ScribeBatchEmulator(LocalHttpServer):
             return _detail(400, "invalid_audio", f"Could not decode the audio: {exc}")
         detected = detect_words(pcm, sample_rate=rate) if len(pcm) else []
         script = self.script
-        if script is not None:
+        lines = next((v for k, v in self.lines.items() if k in (upload[0] or "")), None)
+        rendered: list[tuple[TimedToken, ScriptedUtterance | None]]
+        if lines is not None:
+            rendered = [(token, None) for token in _said(_loud_stretches(pcm, rate), lines)]
+        elif script is not None:
             rendered = script.render(detected, lambda w: f"tone{w.freq_hz}", batch=True)
+        elif self.transcriber == "duration":
+            rendered = [(token, None) for token in _durations(_loud_stretches(pcm, rate))]
         else:
             rendered = [
                 (TimedToken(f"tone{w.freq_hz}", w.start_ms, w.end_ms), None) for w in detected
@@ -365,6 +380,63 @@ class ScribeBatchEmulator(LocalHttpServer):
             "audio_duration_secs": round(len(pcm) / rate, 3) if rate else 0.0,
             "edited_transcript": None,
         }
+
+
+def _loud_stretches(pcm: np.ndarray, rate: int, floor_dbfs: float = -45.0) -> list[tuple[int, int]]:
+    """``[start_ms, end_ms)`` of every stretch of 10 ms frames above ``floor_dbfs`` (any
+    sound, not only tone-burst words: the demo plays real speech)."""
+    loud = frame_levels_dbfs(pcm, rate) > floor_dbfs
+    stretches: list[tuple[int, int]] = []
+    for index, on in enumerate(loud.tolist()):
+        if not on:
+            continue
+        at = index * 10
+        if stretches and at - stretches[-1][1] <= 50:
+            stretches[-1] = (stretches[-1][0], at + 10)
+        else:
+            stretches.append((at, at + 10))
+    return stretches
+
+
+def _durations(heard: Sequence[tuple[int, int]], pause_ms: int = 700) -> list[TimedToken]:
+    """What the ``duration`` transcriber reports: each stretch of sound between pauses as
+    ``[emulated batch: 1.8 s of sound]``, never words it did not hear."""
+    groups: list[list[int]] = []
+    for start, end in heard:
+        if groups and start - groups[-1][1] < pause_ms:
+            groups[-1][1] = end
+        else:
+            groups.append([start, end])
+    tokens: list[TimedToken] = []
+    for start, end in groups:
+        words = f"[emulated batch: {(end - start) / 1000:.1f} s of sound]".split()
+        step = (end - start) / len(words)
+        tokens += [
+            TimedToken(word, round(start + i * step), round(start + (i + 1) * step))
+            for i, word in enumerate(words)
+        ]
+    return tokens
+
+
+def _said(heard: Sequence[tuple[int, int]], lines: Sequence[str]) -> list[TimedToken]:
+    """``lines`` (what was said, in order) laid on the stretches heard: they are cut into as
+    many utterances as there are lines at the longest pauses, and each line's words share
+    its utterance's time evenly."""
+    if not heard or not lines:
+        return []
+    count = min(len(lines), len(heard))
+    gaps = sorted(range(1, len(heard)), key=lambda i: heard[i][0] - heard[i - 1][1], reverse=True)
+    cuts = sorted(gaps[: count - 1])
+    tokens: list[TimedToken] = []
+    for line, start, end in zip(lines, [0, *cuts], [*cuts, len(heard)], strict=False):
+        words = line.split()
+        begin, finish = heard[start][0], heard[end - 1][1]
+        step = (finish - begin) / max(1, len(words))
+        tokens += [
+            TimedToken(word, round(begin + i * step), round(begin + (i + 1) * step))
+            for i, word in enumerate(words)
+        ]
+    return tokens
 
 
 def _word(text: str, start_ms: int, end_ms: int, kind: str, speaker: str) -> dict[str, Any]:
