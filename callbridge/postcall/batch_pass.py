@@ -37,7 +37,6 @@ from callbridge.jobs import (
     Job,
     JobContext,
     JobKind,
-    JobStatus,
     NewJob,
     PermanentJobError,
     RetryableJobError,
@@ -330,11 +329,3 @@ class BatchPass:
             degraded=call.degraded,
             audio_lost_ms=int(payload.get("audio_lost_ms") or 0),
         )
-
-
-async def batch_pass_pending(store: DurableStore, call_sid: str) -> bool:
-    """Whether the call's batch pass is still to come (its event not stored yet)."""
-    job = await store.jobs.get(POSTCALL_JOB, call_sid)
-    if job is None or job.status not in (JobStatus.PENDING, JobStatus.RUNNING):
-        return False
-    return await store.get_batch_transcript(call_sid) is None
