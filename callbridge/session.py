@@ -28,6 +28,7 @@ import structlog
 
 from callbridge.audio.framing import FrameAligner
 from callbridge.audio.ulaw import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, silence
+from callbridge.commit_windows import SegmentTranscript
 from callbridge.config import Settings
 from callbridge.event_writer import CallEventWriter, EventWriters, WriterSettings
 from callbridge.metrics import DISABLED, BridgeMetrics
@@ -147,7 +148,6 @@ class CallSession:
                 chunk_ms=s.chunk_ms,
                 min_commit_interval_s=settings.turns.min_commit_interval_ms / 1000.0,
                 max_send_speed=settings.turns.catchup_speed,
-                final_transcript_timeout_s=s.final_transcript_timeout_s,
                 retain_limit_ms=settings.turns.backlog_limit_s * 1000,
             ),
             self._on_transcript,
@@ -309,13 +309,9 @@ class CallSession:
         return s.scribe.final_transcript_timeout_s + backlog_s / s.turns.catchup_speed + 2.0
 
     # -------------------------------------------------------------- results
-    def _on_transcript(
-        self,
-        segment: PlannedSegment,
-        text: str,
-        words: tuple[Word, ...],
-        language_code: str | None,
-    ) -> None:
+    def _on_transcript(self, transcript: SegmentTranscript) -> None:
+        segment, text, words = transcript.segment, transcript.text, transcript.words
+        language_code = transcript.language_code
         if not text.strip():
             # Silence, noise, music, a tone: not a segment (interface §5). No number, not
             # stored, not sent; counted for the call's figures.

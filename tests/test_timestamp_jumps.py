@@ -16,14 +16,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from callbridge.audio.ulaw import FRAME_BYTES, SILENCE_BYTE
+from callbridge.audio.ulaw import FRAME_BYTES
 from callbridge.session import GAP_FILL_LIMIT_MS, TrackClock
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.twilio_simulator import TwilioCallSimulator
-from callbridge.transcriber import TranscriberSettings
 from tests.bridge_harness import STREAM_SECRET, free_port
 from tests.test_bridge_e2e import track
-from tests.test_faults import live_transcriber
 from tests.test_serve_process import serve_env, wait_healthy
 
 FRAME = b"\x11" * FRAME_BYTES
@@ -51,21 +49,6 @@ def test_a_long_gap_is_filled_with_its_last_second_and_the_rest_counted(jump_ms:
     assert clock.skipped_ms == frame_start - 20 - GAP_FILL_LIMIT_MS
     assert clock.next_ms == frame_start + 20  # the clock follows Twilio's timestamps
     assert clock.place(frame_start + 20, FRAME) == (frame_start + 20, 0)  # and carries on
-
-
-async def test_idle_silence_waits_for_nothing_and_queues_in_chunks() -> None:
-    transcriber, conn = await live_transcriber(
-        TranscriberSettings(chunk_ms=100, keepalive_after_s=10.0, max_send_speed=1.0)
-    )
-    silence = bytes([SILENCE_BYTE]) * FRAME_BYTES * 50  # a gap's second of silence
-    for _ in range(50):  # far faster than it can be sent at 1x
-        transcriber.audio(silence, None)
-    queued = transcriber._outbox_ms  # the sender is pacing: most is still queued
-    assert queued <= 1000 + 1000, queued  # bounded: idle silence stops at 1 s of backlog
-    await asyncio.sleep(0.3)
-    sent = [audio for kind, audio, _ in conn.sent if kind == "audio"]
-    assert sent and max(len(audio) for audio in sent) <= 100 * 8  # never an outsized chunk
-    await transcriber.abort()
 
 
 # --- the real server ------------------------------------------------------------------------

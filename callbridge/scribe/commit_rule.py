@@ -3,9 +3,11 @@
 The live service refuses a commit when less than 0.3 s of audio arrived since the previous
 commit (an empty commit included): it answers ``commit_throttled`` and closes the socket
 with 1000, losing whatever it had not answered (reference §2.2, observed). The rule is
-about audio *on the connection*, so it is counted here, on the connection, from the bytes
-actually sent since its previous commit — segment audio, idle silence, keepalive and
-replayed audio alike — and not from what the turn segmenter planned.
+about audio *on the connection*, so it is counted per connection, from the bytes actually
+sent since its previous commit — segment audio, idle silence, keepalive and replayed audio
+alike — and not from what the turn segmenter planned. The call's
+:class:`~callbridge.commit_windows.CommitWindowLedger`, which decides every byte and commit
+that goes out, keeps one per connection.
 
 :class:`CommitLedger` answers one question before every commit: how much silence must go
 out first so that the commit carries at least :data:`COMMIT_FLOOR_MS`. Padding with

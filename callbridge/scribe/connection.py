@@ -18,7 +18,6 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from callbridge.scribe.commit_rule import CommitLedger
 from callbridge.scribe.errors import (
     AUDIO_FORMAT_MISMATCH,
     CLOSED,
@@ -66,9 +65,6 @@ class ScribeConnection:
         self.chunks_sent = 0
         self.audio_bytes_sent = 0
         self.commits_sent = 0
-        self.commits_answered = 0
-        self.ledger = CommitLedger(options.bytes_per_ms, options.frame_bytes)
-        self._silence_byte = b"\xff" if options.audio_format == "ulaw_8000" else b"\x00"
         self._messages_sent = 0
         self._closing = False
         self._failure: ScribeError | None = None  # the error that ended this session
@@ -134,19 +130,14 @@ class ScribeConnection:
         await self._send(payload)
         self.chunks_sent += 1
         self.audio_bytes_sent += len(audio)
-        self.ledger.sent(len(audio))
 
-    async def commit(self) -> int:
+    async def commit(self) -> None:
         """Close the current segment; its ``committed_transcript`` follows.
 
-        Every commit carries at least :data:`~callbridge.scribe.commit_rule.COMMIT_FLOOR_MS`
-        of audio sent on this connection since the previous one: when less went out, silence
-        is sent first. Returns the milliseconds of silence inserted (0 usually), which the
-        caller places on its session clock.
+        The service refuses a commit with less than 0.3 s of audio since the previous one
+        (``commit_throttled``, and the session is lost): the caller keeps that rule, see
+        :class:`~callbridge.commit_windows.CommitWindowLedger`.
         """
-        padding = self.ledger.padding_bytes()
-        if padding:
-            await self.send_audio(self._silence_byte * padding)
         await self._send(
             {
                 "message_type": "input_audio_chunk",
@@ -155,10 +146,7 @@ class ScribeConnection:
                 "sample_rate": self.options.sample_rate,
             }
         )
-        padded_ms = padding // self.options.bytes_per_ms
-        self.ledger.committed(padded_ms)
         self.commits_sent += 1
-        return padded_ms
 
     async def _send(self, payload: dict[str, Any]) -> None:
         if self._failure is not None:
@@ -198,13 +186,6 @@ class ScribeConnection:
             if isinstance(message, UnknownMessage | SessionStarted):
                 self._note_skipped(message)
                 continue
-            if isinstance(message, CommittedTranscript) and not message.with_timestamps:
-                # One plain committed_transcript answers each commit; one more than was
-                # asked for is the service's own auto-commit, which restarted its count.
-                self.commits_answered += 1
-                if self.commits_answered > self.commits_sent:
-                    self.commits_answered = self.commits_sent
-                    self.ledger.service_committed()
             return message
 
     def _note_skipped(self, message: UnknownMessage | SessionStarted) -> None:
