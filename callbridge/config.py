@@ -27,10 +27,14 @@ from callbridge.event_loop import CHOICES as EVENT_LOOPS
 from callbridge.event_loop import uvloop_available
 from callbridge.masking import MASK, is_secret_name, mask_url
 from callbridge.redaction.kinds import parse_kinds
+from callbridge.scribe.options import AudioFormat
+from callbridge.store.urls import database_backend
 
 DEFAULT_CONFIG_PATH = Path("config/callbridge.toml")
 MIN_STREAM_SECRET_CHARS = 16
 MAX_REDACTION_HOLD_MS = 3000
+RETIRED_SETTINGS = {("scribe", "send_queue_chunks")}
+"""Keys that older config files carry and that no longer do anything: ignored."""
 
 
 class ConfigError(Exception):
@@ -86,7 +90,7 @@ class ScribeSettings:
     api_key: str = ""
     url: str = "wss://api.elevenlabs.io/v1/speech-to-text/realtime"
     model_id: str = "scribe_v2_realtime"
-    audio_format: str = "ulaw_8000"  # "ulaw_8000" | "pcm_8000"
+    audio_format: AudioFormat = "ulaw_8000"
     language: str = ""
     include_timestamps: bool = True
     keyterms: tuple[str, ...] = ()
@@ -96,7 +100,6 @@ class ScribeSettings:
     batch_url: str = "https://api.elevenlabs.io/v1/speech-to-text"  # CALLBRIDGE_SCRIBE_BATCH_URL
     batch_transcripts_url: str = ""  # "{transcription_id}" in it; empty: <batch_url>/transcripts/…
     batch_model_id: str = "scribe_v2"
-    send_queue_chunks: int = 600
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +292,11 @@ def _coerce(setting: str, raw: Any, annotation: Any) -> Any:
         raise ConfigError(setting, f"expected a list of strings, got {raw!r}")
     if origin in (types.UnionType, typing.Union):
         return _coerce(setting, raw, str)
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        if raw not in choices:
+            raise ConfigError(setting, f"{raw!r} is not one of {', '.join(map(str, choices))}")
+        return raw
     if annotation is bool:
         if isinstance(raw, bool):
             return raw
@@ -352,6 +360,8 @@ def load_settings(
             raise ConfigError(f"[{section_name}]", "must be a TOML table")
         known = {f.name for f in dataclasses.fields(section_type)}
         for key in table:
+            if (section_name, key) in RETIRED_SETTINGS:
+                continue
             if key not in known:
                 raise ConfigError(f"{section_name}.{key}", "unknown setting in the config file")
         for f in dataclasses.fields(section_type):
@@ -433,11 +443,6 @@ def check_values(settings: Settings) -> None:
             "CALLBRIDGE_STREAM_SECRET",
             f"must be at least {MIN_STREAM_SECRET_CHARS} characters (e.g. openssl rand -hex 32)",
         )
-    if s.scribe.audio_format not in {"ulaw_8000", "pcm_8000"}:
-        raise ConfigError(
-            "CALLBRIDGE_SCRIBE_AUDIO_FORMAT",
-            f"{s.scribe.audio_format!r} is not ulaw_8000 or pcm_8000",
-        )
     scribe_url = urlsplit(s.scribe.url)
     if scribe_url.scheme not in {"ws", "wss"} or not scribe_url.netloc:
         raise ConfigError("CALLBRIDGE_SCRIBE_URL", f"{s.scribe.url!r} is not a ws(s) URL")
@@ -469,9 +474,10 @@ def check_values(settings: Settings) -> None:
     if s.webhook.secret:
         decode_webhook_secret(s.webhook.secret)
     _check_summary(s.summary)
-    db = s.database.url
-    if not (db.startswith("sqlite:///") or db.startswith(("postgresql://", "postgres://"))):
-        raise ConfigError("DATABASE_URL", f"{db!r} is neither sqlite:///PATH nor postgresql://…")
+    try:
+        database_backend(s.database.url)
+    except ValueError as exc:
+        raise ConfigError("DATABASE_URL", str(exc)) from None
     for key in ("events_poll_s", "events_heartbeat_s", "events_write_timeout_s"):
         if not getattr(s.api, key) > 0:
             raise ConfigError(env_name("api", key), "must be more than 0")

@@ -29,7 +29,7 @@ import structlog
 from callbridge.audio.framing import FrameAligner
 from callbridge.audio.ulaw import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, silence
 from callbridge.commit_windows import SegmentTranscript
-from callbridge.config import Settings
+from callbridge.config import ScribeSettings, Settings
 from callbridge.event_writer import CallEventWriter, EventWriters, WriterSettings
 from callbridge.metrics import DISABLED, BridgeMetrics
 from callbridge.models import (
@@ -111,6 +111,20 @@ class TrackClock:
         return expected, fill
 
 
+def scribe_options(settings: ScribeSettings) -> ScribeOptions:
+    """The Scribe client's options from the (already checked) settings."""
+    return ScribeOptions(
+        url=settings.url,
+        api_key=settings.api_key,
+        model_id=settings.model_id,
+        audio_format=settings.audio_format,
+        language_code=settings.language,
+        include_timestamps=settings.include_timestamps,
+        keyterms=tuple(settings.keyterms),
+        connect_timeout_s=settings.connect_timeout_s,
+    )
+
+
 class CallSession:
     """Runs one call's pipeline; created on Twilio's ``start``, finished exactly once."""
 
@@ -138,7 +152,7 @@ class CallSession:
             Track.OUTBOUND: settings.speakers.outbound_label,
         }
         s = settings.scribe
-        options = ScribeOptions.from_settings(s)
+        options = scribe_options(s)
         self._metrics = metrics
         self._partials = partials
         self._transcriber = SegmentTranscriber(

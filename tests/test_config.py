@@ -91,6 +91,7 @@ def test_an_unset_stream_secret_is_made_once_and_a_set_one_kept() -> None:
         ({"CALLBRIDGE_WEBHOOK_SECRET": "secret"}, "CALLBRIDGE_WEBHOOK_SECRET"),
         ({"CALLBRIDGE_WEBHOOK_SECRET": "whsec_%%%"}, "CALLBRIDGE_WEBHOOK_SECRET"),
         ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "sqlite:///"}, "DATABASE_URL"),
         ({"CALLBRIDGE_PUBLIC_URL": "bridge.example.com"}, "CALLBRIDGE_PUBLIC_URL"),
         ({"CALLBRIDGE_SCRIBE_AUDIO_FORMAT": "mp3"}, "CALLBRIDGE_SCRIBE_AUDIO_FORMAT"),
         ({"CALLBRIDGE_TWILIO_VALIDATE": "maybe"}, "CALLBRIDGE_TWILIO_VALIDATE"),
@@ -119,6 +120,29 @@ def test_bad_values_name_the_setting(env: dict[str, str], setting: str) -> None:
         load_settings(environ=env)
     assert error.value.setting == setting
     assert "\n" not in str(error.value)
+
+
+def test_a_bad_database_url_is_named_by_its_scheme_only() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(environ={"DATABASE_URL": "mysql://admin:hunter2@db/x"})
+    assert str(error.value) == "DATABASE_URL: 'mysql' is neither sqlite:///PATH nor postgresql://…"
+
+
+def test_an_unsupported_audio_format_names_the_choices() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(environ={"CALLBRIDGE_SCRIBE_AUDIO_FORMAT": "pcm_16000"})
+    assert str(error.value) == (
+        "CALLBRIDGE_SCRIBE_AUDIO_FORMAT: 'pcm_16000' is not one of ulaw_8000, pcm_8000"
+    )
+
+
+def test_a_retired_setting_in_an_old_config_file_is_ignored(tmp_path: Path) -> None:
+    config = tmp_path / "old.toml"
+    config.write_text('[scribe]\nsend_queue_chunks = 600\naudio_format = "pcm_8000"\n')
+    assert load_settings(config, environ={}).scribe.audio_format == "pcm_8000"
+    config.write_text("[scribe]\nsend_queue_chunkz = 600\n")
+    with pytest.raises(ConfigError, match=r"scribe\.send_queue_chunkz"):
+        load_settings(config, environ={})
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import pytest
 
 from callbridge.config import ScribeSettings
 from callbridge.scribe import ScribeOptions
+from callbridge.session import scribe_options
 
 BASE = "wss://api.elevenlabs.io/v1/speech-to-text/realtime"
 
@@ -29,7 +30,7 @@ def test_auto_detect_leaves_out_language_code() -> None:
     assert "k" not in options.connect_url().split("?")[1].split("=")  # the key is a header
 
 
-def test_from_settings() -> None:
+def test_the_call_session_maps_the_settings_to_the_clients_options() -> None:
     settings = ScribeSettings(
         api_key="secret",
         url="ws://localhost:1/v1/speech-to-text/realtime",
@@ -39,7 +40,7 @@ def test_from_settings() -> None:
         keyterms=("a",),
         connect_timeout_s=2.5,
     )
-    options = ScribeOptions.from_settings(settings)
+    options = scribe_options(settings)
     assert options == ScribeOptions(
         url=settings.url,
         api_key="secret",
@@ -55,8 +56,3 @@ def test_from_settings() -> None:
 def test_framing(fmt: str, per_ms: int, frame: int) -> None:
     options = ScribeOptions(url=BASE, api_key="k", audio_format=fmt)
     assert (options.sample_rate, options.bytes_per_ms, options.frame_bytes) == (8000, per_ms, frame)
-
-
-def test_unsupported_format_is_rejected() -> None:
-    with pytest.raises(ValueError, match="pcm_16000"):
-        ScribeOptions(url=BASE, api_key="k", audio_format="pcm_16000")

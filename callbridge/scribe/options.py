@@ -7,16 +7,15 @@ owns building that URL exactly as the reference describes (``urlencode`` with ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
-from callbridge.config import ScribeSettings
+from callbridge.audio.ulaw import FRAME_MS
 
-SUPPORTED_AUDIO_FORMATS: dict[str, int] = {"ulaw_8000": 8, "pcm_8000": 16}
-"""The formats the bridge can send, mapped to their bytes per millisecond."""
+AudioFormat = Literal["ulaw_8000", "pcm_8000"]
+"""The formats the bridge can send (the settings are checked against this at start-up)."""
 
-FRAME_MS = 20
-"""Audio goes out in whole 20 ms frames (Twilio's frame size)."""
+BYTES_PER_MS: dict[AudioFormat, int] = {"ulaw_8000": 8, "pcm_8000": 16}
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +28,7 @@ class ScribeOptions:
     url: str
     api_key: str
     model_id: str = "scribe_v2_realtime"
-    audio_format: str = "ulaw_8000"
+    audio_format: AudioFormat = "ulaw_8000"
     language_code: str = ""
     include_timestamps: bool = True
     keyterms: tuple[str, ...] = ()
@@ -37,24 +36,8 @@ class ScribeOptions:
     previous_text_max: int = 50
 
     def __post_init__(self) -> None:
-        if self.audio_format not in SUPPORTED_AUDIO_FORMATS:
-            supported = ", ".join(SUPPORTED_AUDIO_FORMATS)
-            raise ValueError(f"audio_format {self.audio_format!r} is not one of {supported}")
         if self.connect_timeout_s <= 0:
             raise ValueError("connect_timeout_s must be positive")
-
-    @classmethod
-    def from_settings(cls, settings: ScribeSettings) -> ScribeOptions:
-        return cls(
-            url=settings.url,
-            api_key=settings.api_key,
-            model_id=settings.model_id,
-            audio_format=settings.audio_format,
-            language_code=settings.language,
-            include_timestamps=settings.include_timestamps,
-            keyterms=tuple(settings.keyterms),
-            connect_timeout_s=settings.connect_timeout_s,
-        )
 
     def query_params(self) -> list[tuple[str, Any]]:
         """The query parameters, in the order they are sent."""
@@ -82,7 +65,7 @@ class ScribeOptions:
 
     @property
     def bytes_per_ms(self) -> int:
-        return SUPPORTED_AUDIO_FORMATS[self.audio_format]
+        return BYTES_PER_MS[self.audio_format]
 
     @property
     def frame_bytes(self) -> int:

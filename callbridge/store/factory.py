@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from callbridge.store.base import DurableStore, StoreError
 from callbridge.store.postgres import PostgresStore
 from callbridge.store.sqlite import SqliteStore
+from callbridge.store.urls import database_backend, sqlite_path
 
-
-def sqlite_path(url: str) -> Path:
-    """``sqlite:///./x.db`` → ``./x.db``; ``sqlite:////abs/x.db`` → ``/abs/x.db``."""
-    path = url.removeprefix("sqlite:///").split("?", 1)[0]
-    if not path:
-        raise StoreError(
-            "DATABASE_URL: sqlite:/// needs a file path, e.g. sqlite:///./callbridge.db"
-        )
-    return Path(path)
+__all__ = ["open_store", "sqlite_path"]
 
 
 def open_store(
@@ -29,10 +21,10 @@ def open_store(
     delivery for; the webhook dispatcher must be given the same list. ``pool_size`` caps a
     PostgreSQL store's connections (``CALLBRIDGE_DATABASE_POOL_SIZE``).
     """
-    if url.startswith("sqlite:///"):
+    try:
+        backend = database_backend(url)  # checked at start-up already (config)
+    except ValueError as exc:
+        raise StoreError(f"DATABASE_URL: {exc}") from None
+    if backend == "sqlite":
         return SqliteStore(sqlite_path(url), webhook_targets=webhook_targets, url=url)
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url, webhook_targets=webhook_targets, max_connections=pool_size)
-    raise StoreError(
-        f"DATABASE_URL: {url.split('://', 1)[0]!r} is neither sqlite:///PATH nor postgresql://…"
-    )
+    return PostgresStore(url, webhook_targets=webhook_targets, max_connections=pool_size)
