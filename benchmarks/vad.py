@@ -14,19 +14,14 @@ skipped with a note.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 
 import numpy as np
 
-from callbridge.audio.ulaw import mean_power
+from callbridge.audio.ulaw import audioop, mean_power
 from callbridge.audio.vad import VadSettings, VoiceActivityDetector
 from callbridge.testing import lines
 from callbridge.testing.speech import build_track, pcm16_to_ulaw, synth_utterance
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 SECONDS = 60
 FRAME = 160

@@ -300,6 +300,8 @@ class CallSession:
                 audio_lost_ms=lost_ms,
                 gap_filled_ms=sum(c.filled_ms for c in self._clocks.values()),
                 gap_skipped_ms=sum(c.skipped_ms for c in self._clocks.values()),
+                duplicate_frames=sum(c.duplicates for c in self._clocks.values()),
+                ignored_frames=self.ignored_frames,
                 odd_payloads=sum(a.odd_payloads for a in self._aligners.values()),
                 empty_payloads=sum(a.empty_payloads for a in self._aligners.values()),
                 reconnects=self._transcriber.reconnects,

@@ -17,7 +17,6 @@ import os
 import struct
 import sys
 import time
-import warnings
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,9 +27,9 @@ from typing import Any, TextIO
 import aiohttp
 import numpy as np
 
+from callbridge.audio.ulaw import FRAME_BYTES, SAMPLE_RATE, audioop
 from callbridge.models import Track
 from callbridge.testing.twilio_simulator import (
-    FRAME_BYTES,
     SimulatorHandshakeError,
     TwilioCallSimulator,
     new_account_sid,
@@ -40,11 +39,6 @@ from callbridge.testing.twilio_simulator import (
 )
 from callbridge.twilio.signatures import public_base, websocket_base
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop  # stdlib up to 3.12; the audioop-lts package from 3.13
-
-SAMPLE_RATE = 8000
 MEDIA_PATH = "/twilio/media"
 DEFAULT_URL = "http://127.0.0.1:8080"
 SAMPLE_CALL = "sample_call.wav"

@@ -19,7 +19,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import warnings
 import wave
 from dataclasses import dataclass
 from itertools import pairwise
@@ -27,9 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from callbridge.audio.ulaw import audioop
 
 RATE = 8000
 DATA_DIR = Path(__file__).resolve().parent.parent / "callbridge" / "data"

@@ -31,17 +31,11 @@ from callbridge.simulate import (
     sample_call_path,
     summary_lines,
 )
+from tests.bridge_harness import free_port
 
 AUTH_TOKEN = "sim-auth-token"
 API_TOKEN = "sim-api-token"
 SEGMENT_LINE = r"^\[\d\d:\d\d\.\d\] (caller|agent): \[emulated: [\d.]+ s of speech\]$"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import os
 import signal
-import socket
 import sqlite3
 import sys
 from collections import defaultdict
@@ -16,17 +15,12 @@ import pytest
 from standardwebhooks import Webhook
 
 from callbridge.testing.webhook_receiver import Reply, WebhookReceiver
+from tests.bridge_harness import free_port
 
 SECRET = "whsec_" + base64.b64encode(b"restart-test-secret-0123456789ab").decode()
 WORKER = Path(__file__).with_name("webhooks_restart_worker.py")
 CALLS, SEGMENTS = 6, 12
 EVENTS = CALLS * (SEGMENTS + 2)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def spawn(mode: str, db: Path, target: str) -> asyncio.subprocess.Process:

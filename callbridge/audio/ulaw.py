@@ -14,9 +14,9 @@ import warnings
 
 with warnings.catch_warnings():
     # Deprecated in 3.11-3.12 and removed in 3.13, where the audioop-lts package (a declared
-    # dependency there) provides the same module.
+    # dependency there) provides the same module. Everything else imports it from here.
     warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+    import audioop as audioop
 
 SAMPLE_RATE = 8000
 BYTES_PER_MS = SAMPLE_RATE // 1000  # one byte per μ-law sample

@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import bisect
 import io
-import warnings
 import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from callbridge.audio.ulaw import BYTES_PER_MS, SAMPLE_RATE
+from callbridge.audio.ulaw import BYTES_PER_MS, SAMPLE_RATE, audioop
 from callbridge.postcall.audio_spool import TrackAudio
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 Span = tuple[int, int]  # [start_ms, end_ms) on the stream clock
 

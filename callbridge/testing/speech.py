@@ -12,16 +12,13 @@ talker speaks over it. Everything is deterministic.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)  # audioop: deprecated in 3.11, fine here
-    import audioop
+from callbridge.audio.ulaw import audioop
 
 Pcm16 = npt.NDArray[np.int16]
 

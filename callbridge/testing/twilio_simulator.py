@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import secrets
-import warnings
 import wave
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import aiohttp
 import numpy as np
 from twilio.request_validator import HMAC_SHA256, RequestValidator
 
+from callbridge.audio.ulaw import FRAME_BYTES, FRAME_MS, SAMPLE_RATE, SILENCE_BYTE, audioop
 from callbridge.models import Track
 from callbridge.twilio.signatures import (
     SIGNATURE_HEADER,
@@ -42,10 +42,6 @@ from callbridge.twilio.signatures import (
     public_websocket_url,
 )
 from callbridge.twilio.stream_auth import TOKEN_PARAMETER, stream_token
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop  # stdlib up to 3.12; the audioop-lts package from 3.13
 
 __all__ = [
     "FrameDrop",
@@ -65,10 +61,7 @@ __all__ = [
     "to_mulaw",
 ]
 
-SAMPLE_RATE = 8000
-FRAME_MS = 20
-FRAME_BYTES = SAMPLE_RATE * FRAME_MS // 1000  # 160 μ-law bytes
-MULAW_SILENCE = 0xFF
+MULAW_SILENCE = SILENCE_BYTE
 _SILENT_BYTES = frozenset({0xFF, 0x7F})  # μ-law +0 and -0
 MEDIA_PATH = "/twilio/media"
 
