@@ -90,7 +90,7 @@ class ScribeConnection:
         connection = cls(websocket, options, started)
         echoed = started.audio_format
         log.info(
-            "scribe_session_started",
+            "scribe.session_started",
             session_id=started.session_id,
             requested_audio_format=options.audio_format,
             config=dict(started.config),
@@ -198,7 +198,7 @@ class ScribeConnection:
             self._unknown_types_logged.add(message_type)
         documented = message_type in DOCUMENTED_IGNORED_TYPES
         (log.debug if documented else log.warning)(
-            "scribe_message_skipped",
+            "scribe.message_skipped",
             session_id=self.session_id,
             message_type=message_type,
             documented=documented,
@@ -303,7 +303,7 @@ async def _await_session_started(websocket: ClientConnection, deadline: float) -
                 if isinstance(message, SessionStarted):
                     return message
                 if isinstance(message, ServerWarning | UnknownMessage):
-                    log.warning("scribe_message_before_session_started", message=repr(message))
+                    log.warning("scribe.message_before_session_started", message=repr(message))
                     continue
                 raise ScribeError(
                     PROTOCOL,

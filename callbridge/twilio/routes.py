@@ -97,7 +97,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
     )
     _, pending = await asyncio.wait({store_task}, timeout=VOICE_STORE_WAIT_S)
     if pending:
-        bound.warning("twilio_voice_store_slow", waited_s=VOICE_STORE_WAIT_S)
+        bound.warning("twilio.voice_store_slow", waited_s=VOICE_STORE_WAIT_S)
 
     try:
         twiml = build_stream_twiml(
@@ -108,9 +108,9 @@ async def voice_webhook(request: web.Request) -> web.Response:
             to_number=to_number,
         )
     except ValueError:
-        bound.exception("twilio_voice_twiml_failed")
+        bound.exception("twilio.voice_twiml_failed")
         return json_error(500, "twiml_failed", "cannot build the TwiML answer")
-    bound.info("twilio_voice_answered", direction=_optional(form, "Direction"))
+    bound.info("twilio.voice_answered", direction=_optional(form, "Direction"))
     return web.Response(text=twiml, content_type="application/xml", charset="utf-8")
 
 
@@ -124,7 +124,7 @@ async def _record_call_requested(
     try:
         await app[STORE].call_requested(call_sid, account_sid, from_number, to_number)
     except Exception:
-        log.exception("twilio_voice_store_failed", call_sid=call_sid)
+        log.exception("twilio.voice_store_failed", call_sid=call_sid)
 
 
 async def status_callback(request: web.Request) -> web.Response:
@@ -146,9 +146,9 @@ async def status_callback(request: web.Request) -> web.Response:
             "stream_error": _optional(form, "StreamError"),
         }
         if stream_event == "stream-error":
-            bound.warning("twilio_stream_error", **fields)
+            bound.warning("twilio.stream_error", **fields)
         else:
-            bound.info("twilio_stream_event", stream_event=stream_event, **fields)
+            bound.info("twilio.stream_event", stream_event=stream_event, **fields)
         reason = ENDING_STREAM_EVENTS.get(stream_event)
         if reason is not None:
             _schedule_end_call(app, call_sid, reason)
@@ -156,16 +156,16 @@ async def status_callback(request: web.Request) -> web.Response:
 
     call_status = _optional(form, "CallStatus")
     if call_status is None:
-        bound.info("twilio_status_without_call_status")
+        bound.info("twilio.status_without_call_status")
         return web.Response(status=204)
     duration_s = _duration(form.get("CallDuration"))
-    bound.info("twilio_call_status", call_status=call_status, duration_s=duration_s)
+    bound.info("twilio.call_status", call_status=call_status, duration_s=duration_s)
     if call_status in FINAL_TWILIO_STATUSES:
         _schedule_end_call(app, call_sid, EndReason.COMPLETED)
     try:
         await app[STORE].twilio_status(call_sid, call_status, duration_s)
     except Exception:
-        bound.exception("twilio_status_store_failed", call_status=call_status)
+        bound.exception("twilio.status_store_failed", call_status=call_status)
     else:
         live_calls, lost_calls = app.get(LIVE_CALLS), app.get(LOST_CALLS)
         live_here = live_calls is not None and live_calls.is_live(call_sid)
@@ -187,15 +187,15 @@ def _duration(raw: Any) -> int | None:
 def _schedule_end_call(app: web.Application, call_sid: str, reason: EndReason) -> None:
     live_calls = app.get(LIVE_CALLS)
     if live_calls is None:
-        log.warning("twilio_no_live_calls_registry", call_sid=call_sid)
+        log.warning("twilio.no_live_calls_registry", call_sid=call_sid)
         return
 
     async def end_call() -> None:
         try:
             ended = await live_calls.end_call(call_sid, reason)
         except Exception:
-            log.exception("twilio_end_call_failed", call_sid=call_sid, reason=str(reason))
+            log.exception("twilio.end_call_failed", call_sid=call_sid, reason=str(reason))
             return
-        log.info("twilio_end_call", call_sid=call_sid, reason=str(reason), was_live=ended)
+        log.info("twilio.end_call", call_sid=call_sid, reason=str(reason), was_live=ended)
 
     _spawn(app, end_call())

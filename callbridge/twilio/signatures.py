@@ -139,14 +139,14 @@ class TwilioSignatureChecker:
             return self._auth_validator, algorithm
         validator = self._shared_validators.get(key_id)
         if validator is None:
-            log.warning("twilio_signature_unknown_shared_key", key_id=key_id, path=request.path)
+            log.warning("twilio.signature_unknown_shared_key", key_id=key_id, path=request.path)
             return None
         return validator, algorithm
 
     def _validate(self, request: web.BaseRequest, url: str, params: Any) -> bool:
         signature = request.headers.get(SIGNATURE_HEADER)
         if not signature:
-            log.warning("twilio_signature_missing", path=request.path)
+            log.warning("twilio.signature_missing", path=request.path)
             return False
         chosen = self._validator_for(request)
         if chosen is None:
@@ -158,7 +158,7 @@ class TwilioSignatureChecker:
             # A str body without bodySHA256 in the URL raises TypeError inside the SDK.
             valid = False
         if not valid:
-            log.warning("twilio_signature_invalid", path=request.path, url=url)
+            log.warning("twilio.signature_invalid", path=request.path, url=url)
         return valid
 
     async def check_form_request(self, request: web.BaseRequest) -> MultiDictProxy[str] | None:
@@ -181,7 +181,7 @@ class TwilioSignatureChecker:
         if self.enabled:
             if "bodySHA256" not in parse_qs(urlsplit(url).query):
                 log.warning(
-                    "twilio_signature_unsupported_body",
+                    "twilio.signature_unsupported_body",
                     path=request.path,
                     content_type=content_type,
                 )
@@ -213,12 +213,12 @@ async def _read_form(request: web.BaseRequest) -> MultiDictProxy[str] | None:
     try:
         posted = await request.post()
     except ValueError:
-        log.warning("twilio_form_unreadable", path=request.path)
+        log.warning("twilio.form_unreadable", path=request.path)
         return None
     form = MultiDict[str]()
     for key, value in posted.items():
         if not isinstance(value, str):
-            log.warning("twilio_form_file_field", path=request.path, field=key)
+            log.warning("twilio.form_file_field", path=request.path, field=key)
             return None
         form.add(key, value)
     return MultiDictProxy(form)
