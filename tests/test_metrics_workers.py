@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ from callbridge.testing.twilio_simulator import TwilioCallSimulator
 from tests.bridge_harness import AUTH_TOKEN, STREAM_SECRET, free_port
 from tests.metrics_scrape import Scrape, scrape
 from tests.test_bridge_e2e import track
-from tests.test_serve_process import serve_env, wait_healthy
+from tests.test_serve_process import _children, serve_env, wait_healthy
 
 pytestmark = pytest.mark.slow
 WORKER_START_GRACE_S = 5.0  # a worker that dies sooner makes the parent give up (workers.py)
@@ -52,6 +53,14 @@ def stale_file(metrics_dir: Path) -> None:
     code = "from prometheus_client import Counter; Counter('callbridge_calls_started', 'x').inc(42)"
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
+
+
+def kill_leftover_workers(pids: set[int]) -> None:
+    """Workers of this server still alive (their parent was killed): kill them."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
 
 
 async def serving_pid_other_than(base_url: str, known: set[int]) -> int:
@@ -106,8 +115,10 @@ async def test_one_scrape_reports_every_worker_and_forgets_dead_ones_live_calls(
             stream_secret=STREAM_SECRET,
         )
 
+    workers_seen: set[int] = set()  # the parent's children, to clean up after a failure
     try:
         await wait_healthy(public, proc)
+        workers_seen.update(_children(proc.pid))
         serving_since = time.monotonic()  # the parent counts its grace from before this
         async with aiohttp.ClientSession() as http:
             # Calls until both workers have taken some (the kernel spreads connections).
@@ -159,6 +170,7 @@ async def test_one_scrape_reports_every_worker_and_forgets_dead_ones_live_calls(
             before = set(per_process(metrics_dir, tmp_path))
             os.kill(holder, signal.SIGKILL)
             await serving_pid_other_than(public, before)
+            workers_seen.update(_children(proc.pid))
             after = await scrape(http, public, "test-api-token")
             assert after.value("callbridge_live_calls") == 0
             assert after.value("callbridge_calls_started_total") == calls + 1
@@ -166,6 +178,12 @@ async def test_one_scrape_reports_every_worker_and_forgets_dead_ones_live_calls(
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 30) == 0
     finally:
+        # Workers outlive a killed parent: ask it to stop them first, then kill what is left.
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        await asyncio.to_thread(kill_leftover_workers, workers_seen)
