@@ -40,6 +40,8 @@ from typing import Any
 
 import orjson
 
+from callbridge.call.session import CallSession, StreamDescription
+from callbridge.call.sink import CallEventSink, FanOutSink
 from callbridge.config import Settings
 from callbridge.logs import configure_logging
 from callbridge.metrics import DISABLED, BridgeMetrics
@@ -48,9 +50,7 @@ from callbridge.models import EndReason, Track
 from callbridge.scribe.connection import ScribeConnection
 from callbridge.scribe.messages import SessionStarted
 from callbridge.scribe.options import ScribeOptions
-from callbridge.session import CallSession, StreamDescription
 from callbridge.simulate import load_call_audio, sample_call_path
-from callbridge.sink import CallEventSink, FanOutSink
 from callbridge.testing.twilio_simulator import media_message
 from callbridge.twilio.protocol import MediaFrame, parse_message
 

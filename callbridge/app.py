@@ -24,7 +24,11 @@ from aiohttp import web
 from callbridge.ai_summary.job import ai_summary_jobs, with_ai_pending
 from callbridge.ai_summary.setup import setup_ai_summary
 from callbridge.api.routes import setup_api
-from callbridge.bridge import CLAIMS, REGISTRY, setup_bridge_routes, supervise_live_calls
+from callbridge.call.event_journal import replay_journals
+from callbridge.call.event_writer import EventWriters, WriterSettings
+from callbridge.call.lost_calls import LostCallReaper
+from callbridge.call.sink import CallEventSink, FanOutSink, LoggingSink
+from callbridge.call.stream_claims import StreamClaims
 from callbridge.config import Settings, redacted, with_stream_secret
 from callbridge.context import (
     AFTER_CALL,
@@ -38,13 +42,10 @@ from callbridge.context import (
     SINK,
     STORE,
 )
-from callbridge.event_journal import replay_journals
-from callbridge.event_writer import EventWriters, WriterSettings
 from callbridge.http_limits import runner_options, setup_http_limits
 from callbridge.jobs.runner import JobRunner
 from callbridge.live_page import setup_live_page
 from callbridge.logs import quiet_client_errors
-from callbridge.lost_calls import LostCallReaper
 from callbridge.masking import mask_url
 from callbridge.metrics import BridgeMetrics
 from callbridge.metrics.call_sink import CallMetricsSink
@@ -52,10 +53,14 @@ from callbridge.metrics.exposition import setup_metrics
 from callbridge.metrics.monitor import ProcessFigures
 from callbridge.models import EndReason, utc_now
 from callbridge.postcall.setup import setup_postcall
-from callbridge.sink import CallEventSink, FanOutSink, LoggingSink
 from callbridge.store.factory import open_store
-from callbridge.stream_claims import StreamClaims
 from callbridge.summary import summarize
+from callbridge.twilio.media_route import (
+    CLAIMS,
+    REGISTRY,
+    setup_bridge_routes,
+    supervise_live_calls,
+)
 from callbridge.twilio.routes import setup_twilio_routes
 from callbridge.webhooks.dispatcher import WebhookDispatcher
 from callbridge.webhooks.sink import AfterCall, StoreSink
@@ -145,7 +150,7 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
 
 
 async def _reap_lost_calls(app: web.Application) -> AsyncIterator[None]:
-    """Ends the calls of processes that are gone (:mod:`callbridge.lost_calls`)."""
+    """Ends the calls of processes that are gone (:mod:`callbridge.call.lost_calls`)."""
     claims = app[CLAIMS]
     reaper = LostCallReaper(
         app[STORE], app[SINK], app[REGISTRY], owner=claims.owner, lease_s=claims.lease_s

@@ -7,14 +7,14 @@ from typing import Protocol
 
 from aiohttp import web
 
+from callbridge.api.live_feed import LiveFeed
+from callbridge.call.event_writer import EventWriters
+from callbridge.call.sink import CallEventSink
 from callbridge.config import Settings
-from callbridge.event_writer import EventWriters
 from callbridge.jobs.runner import JobRunner
-from callbridge.live_feed import LiveFeed
 from callbridge.metrics.definitions import BridgeMetrics
 from callbridge.models import EndReason
 from callbridge.postcall.audio_spool import AudioSpool
-from callbridge.sink import CallEventSink
 from callbridge.store.base import DurableStore
 from callbridge.webhooks.sink import AfterCall
 
@@ -29,7 +29,7 @@ class LiveCalls(Protocol):
 
 
 class LostCallWatch(Protocol):
-    """Ends calls whose process is gone (:class:`callbridge.lost_calls.LostCallReaper`)."""
+    """Ends calls whose process is gone (:class:`callbridge.call.lost_calls.LostCallReaper`)."""
 
     def watch(self, call_sid: str) -> None:
         """Twilio says the call is over and it is not live here: look again as soon as

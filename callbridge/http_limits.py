@@ -16,7 +16,7 @@ likes. Two deadlines close it:
   kept, so handlers read it as usual.
 
 A websocket upgrade has no body, and once upgraded the socket is the media handler's (its
-own start, media and heartbeat timeouts apply: :mod:`callbridge.bridge`).
+own start, media and heartbeat timeouts apply: :mod:`callbridge.twilio.media_route`).
 """
 
 from __future__ import annotations

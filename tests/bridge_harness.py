@@ -13,7 +13,6 @@ from typing import Any
 from aiohttp import web
 
 from callbridge.app import create_app
-from callbridge.bridge import REGISTRY
 from callbridge.config import (
     ApiSettings,
     DatabaseSettings,
@@ -28,6 +27,7 @@ from callbridge.context import SETTINGS, STORE
 from callbridge.http_limits import runner_options
 from callbridge.store.base import Store
 from callbridge.testing.twilio_simulator import TwilioCallSimulator
+from callbridge.twilio.media_route import REGISTRY
 
 AUTH_TOKEN = "test-auth-token"
 API_TOKEN = "test-api-token"

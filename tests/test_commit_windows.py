@@ -7,11 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callbridge.audio.ulaw import BYTES_PER_MS, FRAME_BYTES, SILENCE_BYTE
-from callbridge.commit_windows import CommitWindowLedger, SegmentTranscript, Step
+from callbridge.call.commit_windows import CommitWindowLedger, SegmentTranscript, Step
+from callbridge.call.turns import PlannedSegment
 from callbridge.models import Track
 from callbridge.scribe.commit_rule import COMMIT_FLOOR_MS
 from callbridge.scribe.messages import CommittedTranscript, ScribeWord
-from callbridge.turns import PlannedSegment
 
 FLOOR_BYTES = COMMIT_FLOOR_MS * BYTES_PER_MS
 SILENCE = bytes([SILENCE_BYTE])

@@ -10,14 +10,14 @@ from typing import Any
 
 import structlog
 
-from callbridge.event_journal import (
+from callbridge.call.event_journal import (
     JournalFile,
     decode_event,
     encode_event,
     journal_files,
     replay_journals,
 )
-from callbridge.event_writer import EventWriters, WriterSettings
+from callbridge.call.event_writer import EventWriters, WriterSettings
 from callbridge.models import (
     CallEnded,
     CallInfo,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from callbridge.lost_calls import LostCallReaper, lost_call_end
+from callbridge.call.lost_calls import LostCallReaper, lost_call_end
 from callbridge.models import CallEnded, CommittedSegment, EndReason, Track
 from callbridge.store.base import CallRecord, CallStatus, LostStream
 from callbridge.summary import summarize

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from callbridge.call.session import scribe_options
 from callbridge.config import ScribeSettings
 from callbridge.scribe import ScribeOptions
-from callbridge.session import scribe_options
 
 BASE = "wss://api.elevenlabs.io/v1/speech-to-text/realtime"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from callbridge.send_pacer import BURST_MS, TICK_S, SendPacer
+from callbridge.call.send_pacer import BURST_MS, TICK_S, SendPacer
 
 
 def pacer(**overrides: float) -> SendPacer:

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from callbridge.audio.ulaw import FRAME_BYTES
-from callbridge.session import GAP_FILL_LIMIT_MS, TrackClock
+from callbridge.call.session import GAP_FILL_LIMIT_MS, TrackClock
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.twilio_simulator import TwilioCallSimulator
 from tests.bridge_harness import STREAM_SECRET, free_port

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from callbridge.audio.ulaw import FRAME_BYTES, SILENCE_BYTE, ulaw_to_pcm16
-from callbridge.commit_windows import SegmentTranscript
+from callbridge.call.commit_windows import SegmentTranscript
+from callbridge.call.transcriber import SegmentTranscriber, TranscriberSettings
 from callbridge.scribe.commit_rule import COMMIT_FLOOR_MS
 from callbridge.scribe.errors import ScribeError
 from callbridge.scribe.options import ScribeOptions
-from callbridge.transcriber import SegmentTranscriber, TranscriberSettings
 from tests.transcriber_harness import (
     FakeConnection,
     live_transcriber,

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from callbridge.audio.ulaw import FRAME_BYTES, SILENCE_BYTE
+from callbridge.call.turns import PlannedSegment, TurnSegmenter
 from callbridge.config import TurnSettings
 from callbridge.models import Track
 from callbridge.testing.speech import build_track, pcm16_to_ulaw, synth_utterance
-from callbridge.turns import PlannedSegment, TurnSegmenter
 
 IN, OUT = Track.INBOUND, Track.OUTBOUND
 

@@ -10,13 +10,13 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from callbridge.commit_windows import SegmentTranscript
+from callbridge.call.commit_windows import SegmentTranscript
+from callbridge.call.transcriber import SegmentTranscriber, TranscriberSettings
+from callbridge.call.turns import PlannedSegment
 from callbridge.models import Track
 from callbridge.scribe.errors import ScribeError
 from callbridge.scribe.messages import CommittedTranscript
 from callbridge.scribe.options import ScribeOptions
-from callbridge.transcriber import SegmentTranscriber, TranscriberSettings
-from callbridge.turns import PlannedSegment
 
 
 class FakeConnection:

@@ -4,7 +4,7 @@ The stream carries the call's stored webhook events exactly as the webhooks do: 
 is the very JSON body that is POSTed and signed, ``id:`` its ``webhook-id`` and ``event:``
 its type. It starts at the call's first event (or after the one named by ``Last-Event-ID``),
 then follows the call live. The store is the source, so a call held by another worker or
-instance streams the same way (see :mod:`callbridge.live_feed` for how new events are
+instance streams the same way (see :mod:`callbridge.api.live_feed` for how new events are
 found). Beside them, a call held by this process also streams its live partial
 transcripts as ``event: transcript.partial`` (no ``id:``, never stored).
 
@@ -30,9 +30,9 @@ import structlog
 from aiohttp import web
 
 from callbridge.ai_summary.records import ai_summary_pending
+from callbridge.api.live_feed import FETCH_PAGE, EventSubscription, LiveFeed
 from callbridge.context import LIVE_FEED, METRICS, SETTINGS, STORE
 from callbridge.http_errors import json_error
-from callbridge.live_feed import FETCH_PAGE, EventSubscription, LiveFeed
 from callbridge.metrics import DISABLED, BridgeMetrics
 from callbridge.models import LivePartial, rfc3339, utc_now
 from callbridge.store.base import CallStatus, DurableStore, StoredEvent

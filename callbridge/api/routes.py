@@ -42,6 +42,7 @@ from callbridge.api.formats import (
     summary_to_json,
     transcript_to_json,
 )
+from callbridge.api.live_feed import LiveFeed
 from callbridge.api.openapi import openapi_document
 from callbridge.api.postcall_views import (
     VERSIONS,
@@ -51,7 +52,6 @@ from callbridge.api.postcall_views import (
 )
 from callbridge.context import CALL_ERASERS, LIVE_CALLS, LIVE_FEED, SETTINGS, STORE
 from callbridge.http_errors import json_error
-from callbridge.live_feed import LiveFeed
 from callbridge.store.base import CallRecord, CallStatus
 
 log = structlog.get_logger(__name__)
@@ -259,7 +259,7 @@ async def _stop_live_feed(app: web.Application) -> None:
 def setup_api(app: web.Application) -> None:
     """Add the ``/v1`` routes, their auth middleware and ``GET /openapi.json`` to ``app``.
 
-    The events stream's :class:`~callbridge.live_feed.LiveFeed` runs with the application;
+    The events stream's :class:`~callbridge.api.live_feed.LiveFeed` runs with the application;
     it needs the store open while anyone watches."""
     app.middlewares.append(v1_middleware)
     app[OPENAPI_DOCUMENT] = openapi_document(app[SETTINGS])

@@ -15,7 +15,7 @@ from callbridge.models import CallEnded, CallInfo, CommittedSegment
 
 
 class CallMetricsSink:
-    """:class:`~callbridge.sink.CallEventSink` that only counts."""
+    """:class:`~callbridge.call.sink.CallEventSink` that only counts."""
 
     def __init__(self, metrics: BridgeMetrics) -> None:
         self._metrics = metrics

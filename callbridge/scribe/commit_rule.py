@@ -6,7 +6,7 @@ with 1000, losing whatever it had not answered (reference §2.2, observed). The 
 about audio *on the connection*, so it is counted per connection, from the bytes actually
 sent since its previous commit — segment audio, idle silence, keepalive and replayed audio
 alike — and not from what the turn segmenter planned. The call's
-:class:`~callbridge.commit_windows.CommitWindowLedger`, which decides every byte and commit
+:class:`~callbridge.call.commit_windows.CommitWindowLedger`, which decides every byte and commit
 that goes out, keeps one per connection.
 
 :class:`CommitLedger` answers one question before every commit: how much silence must go

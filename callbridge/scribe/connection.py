@@ -136,7 +136,7 @@ class ScribeConnection:
 
         The service refuses a commit with less than 0.3 s of audio since the previous one
         (``commit_throttled``, and the session is lost): the caller keeps that rule, see
-        :class:`~callbridge.commit_windows.CommitWindowLedger`.
+        :class:`~callbridge.call.commit_windows.CommitWindowLedger`.
         """
         await self._send(
             {

@@ -18,7 +18,7 @@ store). The claim is a lease on the call's row: ``calls.stream_owner`` names the
 holds the call's media stream, ``calls.stream_lease_expires_at`` says until when.
 
 * *Owner* is an instance id, unique per process and meaningful to an operator
-  (``<hostname>:<pid>:<random>``, see :func:`callbridge.stream_claims.new_instance_id`).
+  (``<hostname>:<pid>:<random>``, see :func:`callbridge.call.stream_claims.new_instance_id`).
 * *Claim* (:meth:`Store.claim_stream`) happens on Twilio's ``start``, before the bridge does
   any work for the stream, as one atomic statement (an upsert whose ``DO UPDATE … WHERE``
   only takes a row that is not ended and whose lease is free or expired: under SQLite's

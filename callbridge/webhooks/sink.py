@@ -35,7 +35,7 @@ def _no_notify() -> None:
 
 
 class StoreSink:
-    """:class:`callbridge.sink.CallEventSink` backed by a store and the webhook outbox.
+    """:class:`callbridge.call.sink.CallEventSink` backed by a store and the webhook outbox.
 
     ``summarize`` builds the post-call summary from the end and the stored segments;
     ``notify`` is usually ``WebhookDispatcher.notify``. ``after_call`` lists the features'

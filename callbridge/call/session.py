@@ -4,16 +4,16 @@ Per frame (the hot path) a :class:`CallSession` re-frames the payload into whole
 frames when it is not one already (:class:`~callbridge.audio.framing.FrameAligner`),
 places each frame on its track's clock (:class:`TrackClock` fills timestamp gaps with μ-law
 silence), and hands it to the
-:class:`~callbridge.turns.TurnSegmenter`, which decides turns and feeds the
-:class:`~callbridge.transcriber.SegmentTranscriber`. No logging, tasks or I/O happen per
+:class:`~callbridge.call.turns.TurnSegmenter`, which decides turns and feeds the
+:class:`~callbridge.call.transcriber.SegmentTranscriber`. No logging, tasks or I/O happen per
 frame. Transcripts come back, are redacted (``CALLBRIDGE_REDACT``, see
 :mod:`callbridge.redaction`; a segment ending in a number that may go on waits a bounded
 time for the speaker's next one) *before* they get their gap-free sequence numbers (a
 transcript with empty text is not a segment: it is counted, not numbered), and leave as
 :class:`~callbridge.models.CommittedSegment` through the call's
-:class:`~callbridge.event_writer.CallEventWriter` to its :class:`~callbridge.sink.CallEventSink`,
-in order, never dropped, in bounded memory. Nothing downstream (store, journal, webhooks,
-API, logs) ever sees the text before redaction.
+:class:`~callbridge.call.event_writer.CallEventWriter` to its
+:class:`~callbridge.call.sink.CallEventSink`, in order, never dropped, in bounded memory.
+Nothing downstream (store, journal, webhooks, API, logs) ever sees the text before redaction.
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ import structlog
 
 from callbridge.audio.framing import FrameAligner
 from callbridge.audio.ulaw import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, silence
-from callbridge.commit_windows import SegmentTranscript
+from callbridge.call.commit_windows import SegmentTranscript
+from callbridge.call.event_writer import CallEventWriter, EventWriters, WriterSettings
+from callbridge.call.sink import CallEventSink
+from callbridge.call.transcriber import Connect, SegmentTranscriber, TranscriberSettings
+from callbridge.call.turns import PlannedSegment, TurnSegmenter
 from callbridge.config import ScribeSettings, Settings
-from callbridge.event_writer import CallEventWriter, EventWriters, WriterSettings
 from callbridge.metrics import DISABLED, BridgeMetrics
 from callbridge.models import (
     CallEnded,
@@ -47,9 +50,6 @@ from callbridge.postcall.audio_spool import CallAudioRecorder
 from callbridge.redaction import Redacted, Redactor, SegmentRedactionStage, parse_kinds
 from callbridge.scribe.connection import ScribeConnection
 from callbridge.scribe.options import ScribeOptions
-from callbridge.sink import CallEventSink
-from callbridge.transcriber import Connect, SegmentTranscriber, TranscriberSettings
-from callbridge.turns import PlannedSegment, TurnSegmenter
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ It also owns four things that must agree with each other, which is why they live
   the caller.
 
 Everything is synchronous and does no I/O: the connection loop in
-:mod:`callbridge.transcriber` sends what it is handed and reports what arrives. The only
+:mod:`callbridge.call.transcriber` sends what it is handed and reports what arrives. The only
 clock read is for the commit-latency metric, and it is injected. ``tests/test_commit_windows.py``
 drives replay, matching and word times directly, like ``tests/test_turns.py``.
 """
@@ -40,11 +40,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from callbridge.audio.ulaw import BYTES_PER_MS, FRAME_BYTES, silence
+from callbridge.call.turns import PlannedSegment
 from callbridge.metrics import DISABLED, BridgeMetrics
 from callbridge.models import Word
 from callbridge.scribe.commit_rule import CommitLedger
 from callbridge.scribe.messages import CommittedTranscript, ScribeWord
-from callbridge.turns import PlannedSegment
 
 IDLE_BACKLOG_MS = 1000
 """Idle silence is not queued while this much audio waits to be sent."""

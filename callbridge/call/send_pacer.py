@@ -3,7 +3,7 @@ a paused stream's short chunk flushed, keepalive silence when the session is qui
 
 :class:`SendPacer` is synchronous and reads no clock: every method takes ``now`` (seconds,
 any monotonic clock) and answers with how long to wait or whether something is due. The
-connection loop in :mod:`callbridge.transcriber` does the waiting; the tests
+connection loop in :mod:`callbridge.call.transcriber` does the waiting; the tests
 (``tests/test_send_pacer.py``) pass the times themselves.
 """
 

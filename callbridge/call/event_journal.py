@@ -1,7 +1,7 @@
 """A local, crash-safe journal of call events the store has not accepted yet.
 
 When the store is down (or too slow) a call's events are not dropped and not piled up in
-memory: :class:`~callbridge.event_writer.CallEventWriter` appends them, in order, to that
+memory: :class:`~callbridge.call.event_writer.CallEventWriter` appends them, in order, to that
 call's journal file here and writes them to the store from there once it answers again.
 At shutdown, whatever is still unwritten is in a journal file; the next process replays
 every journal file it finds at start-up (:func:`replay_journals`), in order, and deletes
@@ -32,6 +32,7 @@ from typing import Any
 
 import structlog
 
+from callbridge.call.sink import CallEventSink
 from callbridge.models import (
     CallEnded,
     CallInfo,
@@ -42,7 +43,6 @@ from callbridge.models import (
     TrackActivity,
     Word,
 )
-from callbridge.sink import CallEventSink
 
 CallEvent = CallInfo | CommittedSegment | CallEnded
 SUFFIX = ".jsonl"

@@ -1,9 +1,9 @@
 """One call's Scribe stream: the connection loop that sends, receives and reconnects.
 
-:class:`SegmentTranscriber` is the :class:`~callbridge.turns.SegmentOutput` of a call's
+:class:`SegmentTranscriber` is the :class:`~callbridge.call.turns.SegmentOutput` of a call's
 turn segmenter. What it keeps (commit windows, retention, replay, matching, word times, the
-0.3 s commit rule) is the synchronous :class:`~callbridge.commit_windows.CommitWindowLedger`;
-when it may send is the :class:`~callbridge.send_pacer.SendPacer`. This module only runs
+0.3 s commit rule) is the synchronous :class:`~callbridge.call.commit_windows.CommitWindowLedger`;
+when it may send is the :class:`~callbridge.call.send_pacer.SendPacer`. This module only runs
 them against a live connection: a send task hands the ledger's steps to the socket as the
 pacer allows, a receive task hands committed transcripts back to the ledger, and a tick
 task wakes the sender for what no frame will (a paused stream's tail, keepalive).
@@ -26,14 +26,14 @@ from dataclasses import dataclass
 import structlog
 
 from callbridge.audio.ulaw import BYTES_PER_MS, ulaw_to_pcm16
-from callbridge.commit_windows import CommitWindowLedger, SegmentTranscript, Step
+from callbridge.call.commit_windows import CommitWindowLedger, SegmentTranscript, Step
+from callbridge.call.send_pacer import SendPacer
+from callbridge.call.turns import PlannedSegment
 from callbridge.metrics import DISABLED, BridgeMetrics
 from callbridge.scribe.connection import ScribeConnection
 from callbridge.scribe.errors import ScribeError
 from callbridge.scribe.messages import CommittedTranscript, PartialTranscript
 from callbridge.scribe.options import ScribeOptions
-from callbridge.send_pacer import SendPacer
-from callbridge.turns import PlannedSegment
 
 SegmentCallback = Callable[[SegmentTranscript], None]
 Connect = Callable[[ScribeOptions], Awaitable[ScribeConnection]]

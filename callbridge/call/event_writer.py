@@ -7,7 +7,7 @@ backoff for as long as the process runs; it never gives up.
 
 Memory stays bounded however long the store is down: as soon as a write fails, or more
 than ``memory_limit`` events wait, the waiting events move to the call's journal file
-(:mod:`callbridge.event_journal`, appended and ``fsync``-ed from a worker thread), and
+(:mod:`callbridge.call.event_journal`, appended and ``fsync``-ed from a worker thread), and
 every later event follows them there until the journal is drained into the store. So
 during an outage at most the events that arrived since the last spill (a backoff period)
 are in memory.
@@ -17,7 +17,7 @@ every event is either stored or safely journaled; the writer then carries on in 
 background until the store takes the rest. At shutdown (:meth:`EventWriters.stop`) the
 writers still running journal what they hold and log it at error level
 (``call.events_journaled``); the next process replays the journal at start-up
-(:func:`~callbridge.event_journal.replay_journals`), so those events are delivered after a
+(:func:`~callbridge.call.event_journal.replay_journals`), so those events are delivered after a
 restart, late but in order and without gaps.
 """
 
@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from callbridge.event_journal import (
+from callbridge.call.event_journal import (
     CallEvent,
     JournalFile,
     decode_event,
     encode_event,
     write_event,
 )
-from callbridge.sink import CallEventSink
+from callbridge.call.sink import CallEventSink
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ import structlog
 
 from callbridge.store.base import Store, StreamClaim
 
-log = structlog.get_logger("callbridge.stream_claims")
+log = structlog.get_logger("callbridge.call.stream_claims")
 
 
 def new_instance_id() -> str:

@@ -1,7 +1,7 @@
 """The calls live in this process, and the limits that end them.
 
 :class:`LiveCallRegistry` knows every media socket and call open here: the media handler
-(:mod:`callbridge.bridge`) adds and removes them, the status callback ends a call whose
+(:mod:`callbridge.twilio.media_route`) adds and removes them, the status callback ends a call whose
 socket never closed, the claims' heartbeat renews their leases, and shutdown ends them all.
 It also counts what was refused, by reason (``/healthz`` shows the counts).
 
@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import WSCloseCode, web
 
+from callbridge.call.session import CallSession
 from callbridge.config import LimitSettings
 from callbridge.models import EndReason
-from callbridge.session import CallSession
 
-log = structlog.get_logger("callbridge.live_calls")
+log = structlog.get_logger("callbridge.call.live_calls")
 
 
 @dataclass(slots=True, eq=False)

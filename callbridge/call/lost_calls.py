@@ -1,7 +1,7 @@
 """Ending the calls of a process that is gone: ``call.ended`` with ``reason: bridge_lost``.
 
 A call lives in the process that holds its media socket, and that process renews the call's
-live-call claim (:mod:`callbridge.stream_claims`) every third of the lease. A process that
+live-call claim (:mod:`callbridge.call.stream_claims`) every third of the lease. A process that
 dies (killed, out of memory, its machine lost) stops renewing, and without this module its
 calls would stay "live" in the store forever, their ``call.ended`` never sent.
 
@@ -40,6 +40,7 @@ from typing import Protocol
 
 import structlog
 
+from callbridge.call.sink import CallEventSink
 from callbridge.models import (
     CallEnded,
     CommittedSegment,
@@ -49,10 +50,9 @@ from callbridge.models import (
     TrackActivity,
     utc_now,
 )
-from callbridge.sink import CallEventSink
 from callbridge.store.base import LostStream, Store
 
-log = structlog.get_logger("callbridge.lost_calls")
+log = structlog.get_logger("callbridge.call.lost_calls")
 
 TAKE_OVER_BATCH = 100
 

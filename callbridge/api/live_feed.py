@@ -30,7 +30,7 @@ import structlog
 from callbridge.models import LivePartial
 from callbridge.store.base import Store, StoredEvent
 
-log = structlog.get_logger("callbridge.live_feed")
+log = structlog.get_logger("callbridge.api.live_feed")
 
 FETCH_PAGE = 200  # events per call per fetch; a full page is fetched again at once
 _CALLS_PER_QUERY = 500

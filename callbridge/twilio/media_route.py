@@ -8,7 +8,7 @@ session is then finished as for a hang-up, so no speech that already arrived is 
 
 A ``start`` is accepted only when its ``cb_token`` is the call's stream token
 (:mod:`callbridge.twilio.stream_auth`) and the call's live-call claim could be taken in the
-store (:mod:`callbridge.stream_claims`): a call that has ended, or whose stream is live in
+store (:mod:`callbridge.call.stream_claims`): a call that has ended, or whose stream is live in
 any process sharing the store, is refused with ``1008`` and a reason.
 
 Limits (``[limits]``, README "Security"): beyond ``max_calls`` open media sockets a new one
@@ -16,8 +16,8 @@ is refused with ``503`` before the upgrade; a socket that sends no ``start`` wit
 ``start_timeout_s`` is closed ``1008``; a quiet socket is pinged every ``ws_heartbeat_s``
 (aiohttp's heartbeat: only when nothing arrived meanwhile, so a live stream is never pinged)
 and closed when no answer comes. Calls without media or past the longest call are ended by
-:func:`~callbridge.live_calls.watch_call_limits`. The calls open here are in
-:class:`~callbridge.live_calls.LiveCallRegistry`.
+:func:`~callbridge.call.live_calls.watch_call_limits`. The calls open here are in
+:class:`~callbridge.call.live_calls.LiveCallRegistry`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from callbridge.call.live_calls import LiveCallRegistry, watch_call_limits
+from callbridge.call.session import CallSession, StreamDescription
+from callbridge.call.stream_claims import StreamClaims
 from callbridge.context import (
     AUDIO_SPOOL,
     EVENT_WRITERS,
@@ -39,11 +42,8 @@ from callbridge.context import (
     SINK,
 )
 from callbridge.http_errors import json_error
-from callbridge.live_calls import LiveCallRegistry, watch_call_limits
 from callbridge.models import EndReason
-from callbridge.session import CallSession, StreamDescription
 from callbridge.store.base import StoreError, StreamClaim
-from callbridge.stream_claims import StreamClaims
 from callbridge.twilio.protocol import (
     MediaFrame,
     ProtocolError,
@@ -56,7 +56,7 @@ from callbridge.twilio.routes import SIGNATURE_CHECKER
 from callbridge.twilio.stream_auth import split_parameters, token_matches
 
 MEDIA_PATH = "/twilio/media"
-log = structlog.get_logger("callbridge.bridge")
+log = structlog.get_logger("callbridge.twilio.media_route")
 
 
 REGISTRY = web.AppKey("live_call_registry", LiveCallRegistry)
