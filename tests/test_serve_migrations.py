@@ -14,8 +14,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from callbridge.store.migrations import load_migrations
 from callbridge.store.postgres import MIGRATION_LOCK_SPACE, PostgresStore
-from callbridge.store.sqlite import load_migrations
 from tests.bridge_harness import free_port
 from tests.cluster_harness import PG_ADMIN_URL, Instance, fresh_schema, instance_env, pg_url
 

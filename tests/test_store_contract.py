@@ -738,7 +738,7 @@ async def test_purge_keeps_the_event_log(store: DurableStore, backend: Backend) 
 
 
 async def test_schema_1_events_are_numbered_in_stored_order_on_upgrade(backend: Backend) -> None:
-    from callbridge.store.sqlite import load_migrations
+    from callbridge.store.migrations import load_migrations
 
     schema_1 = load_migrations(backend.kind if backend.kind == "sqlite" else "postgres")[0]
     assert schema_1[0] == 1

@@ -54,6 +54,7 @@ from callbridge.store.base import (
     to_micros,
 )
 from callbridge.store.jobs_postgres import PostgresJobQueue, insert_jobs
+from callbridge.store.migrations import load_migrations
 from callbridge.store.rows import (
     BATCH_COLUMNS,
     CALL_COLUMNS,
@@ -64,7 +65,6 @@ from callbridge.store.rows import (
     committed_segment,
     delivery,
 )
-from callbridge.store.sqlite import load_migrations
 
 log = structlog.get_logger(__name__)
 

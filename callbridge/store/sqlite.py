@@ -15,7 +15,6 @@ import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +54,7 @@ from callbridge.store.base import (
     to_micros,
 )
 from callbridge.store.jobs_sqlite import SqliteJobQueue, insert_jobs
+from callbridge.store.migrations import load_migrations
 from callbridge.store.rows import (
     BATCH_COLUMNS,
     CALL_COLUMNS,
@@ -72,16 +72,6 @@ _FINAL_STATUSES_SQL = ", ".join(f"'{status}'" for status in sorted(FINAL_TWILIO_
 _RENEW_BATCH = 500  # call SIDs per renewal statement (SQLite binds at most 32766 values)
 
 T = TypeVar("T")
-
-
-def load_migrations(dialect: str) -> list[tuple[int, str]]:
-    """The ``(version, sql)`` pairs shipped in ``migrations/<dialect>/NNNN_name.sql``."""
-    folder = resources.files("callbridge.store") / "migrations" / dialect
-    found: list[tuple[int, str]] = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
-    return sorted(found)
 
 
 def _statements(script: str) -> Iterator[str]:
