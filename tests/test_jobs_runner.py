@@ -452,7 +452,7 @@ async def test_a_job_found_past_its_retry_time_fails_without_running(harness: Ha
     await runner.start()
     await eventually(lambda: harness.status_is("CA1", JobStatus.FAILED))
     assert ran == []
-    assert (await harness.job("CA1")).last_error == "HTTP 500 (retry time of 3600 s exhausted)"
+    assert (await harness.job("CA1")).last_error == "HTTP 500 (gave up after 1 attempts in 3600 s)"
 
 
 async def test_finished_jobs_are_purged_after_the_keep_time(

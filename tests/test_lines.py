@@ -8,12 +8,15 @@ import pytest
 
 from callbridge.testing import lines
 from callbridge.testing.speech import (
+    NEAR_FIELD_DBFS,
+    GrowingVoicing,
     build_track,
     detect_words,
     frame_levels_dbfs,
     pcm16_to_ulaw,
     synth_utterance,
     ulaw_to_pcm16,
+    voiced_frames,
 )
 
 DURATION = 6000
@@ -85,3 +88,22 @@ def test_the_noisy_call_scripts_are_deterministic() -> None:
     assert np.array_equal(first.inbound, second.inbound)
     assert first.utterances == second.utterances
     assert not np.array_equal(first.inbound, lines.noisy_call(seed=1).inbound)
+
+
+@pytest.mark.parametrize("track", ["inbound", "outbound"])
+def test_a_recording_analysed_as_it_grows_gives_the_same_words(track: str) -> None:
+    """The emulator's partials analyse the growing segment block by block
+    (:class:`GrowingVoicing`): at every length, the words are those of one analysis of the
+    whole, through babble, hold music, DTMF, coughs and clicks."""
+    pcm = on_the_wire(getattr(lines.noisy_call(seed=3), track)[: 16_000 * 8])
+    voicing = GrowingVoicing(8000)
+    seen_words = 0
+    for end_ms in range(500, 16_001, 500):
+        part = pcm[: end_ms * 8]
+        grown = detect_words(part, voicing=voicing)
+        assert grown == detect_words(part), f"at {end_ms} ms"
+        levels = frame_levels_dbfs(part)
+        loud = levels > NEAR_FIELD_DBFS
+        assert np.array_equal(voicing.frames(part, levels) & loud, voiced_frames(part) & loud)
+        seen_words = max(seen_words, len(grown))
+    assert seen_words >= 3  # the comparison covered real words, not only silence

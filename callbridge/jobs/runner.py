@@ -270,7 +270,7 @@ class JobRunner:
             deadline = job.created_at + timedelta(seconds=kind.retry.give_up_after_s)
             if self._now() >= deadline:
                 reason = job.last_error or "interrupted"
-                await self._fail(job, kind, f"{reason} (retry time of {_s(kind)} exhausted)")
+                await self._fail(job, kind, _gave_up(reason, job.attempts - 1, kind))
                 return
             self.stats.started += 1
             bound.info("jobs.running", attempt=job.attempts)
@@ -350,9 +350,7 @@ class JobRunner:
             delay = max(delay, retry_after_s)
         deadline = job.created_at.timestamp() + kind.retry.give_up_after_s
         if now + delay > deadline:
-            await self._fail(
-                job, kind, f"{reason} (gave up after {job.attempts} attempts in {_s(kind)})"
-            )
+            await self._fail(job, kind, _gave_up(reason, job.attempts, kind))
             return
         if await self.queue.retry(job.job_id, self.owner, as_datetime(now + delay), reason):
             self.stats.retried += 1
@@ -390,6 +388,11 @@ class JobRunner:
                 continue
             if removed:
                 log.info("jobs.purged", jobs=removed)
+
+
+def _gave_up(reason: str, attempts: int, kind: JobKind) -> str:
+    """One failure message, whether the retry time ran out at a retry or at the next claim."""
+    return f"{reason} (gave up after {attempts} attempts in {_s(kind)})"
 
 
 def _s(kind: JobKind) -> str:

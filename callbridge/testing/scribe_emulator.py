@@ -61,7 +61,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from callbridge import event_loop
-from callbridge.testing.speech import DetectedWord, Pcm16, detect_words, ulaw_to_pcm16
+from callbridge.testing.speech import (
+    DetectedWord,
+    GrowingVoicing,
+    Pcm16,
+    detect_words,
+    ulaw_to_pcm16,
+)
 from callbridge.testing.speech_script import SpeechScript, TimedToken
 
 REALTIME_PATH = "/v1/speech-to-text/realtime"
@@ -397,6 +403,7 @@ class _SessionRunner:
         self.segment: list[Pcm16] = []
         self.segment_bytes = 0
         self.segment_start_ms = 0.0
+        self.voicing = GrowingVoicing(self.sample_rate)  # the segment's, kept between partials
         self.audio_since_partial_ms = 0.0
         self.last_partial = ""
         self.last_client_commit_at: float | None = None
@@ -511,6 +518,7 @@ class _SessionRunner:
             return f"Keyterms must be at most {MAX_KEYTERM_CHARS} characters"
         self.session.audio_format = audio_format
         self.sample_rate = AUDIO_FORMAT_RATES[audio_format]
+        self.voicing = GrowingVoicing(self.sample_rate)
         bytes_per_sample = 1 if audio_format.startswith("ulaw") else 2
         self.bytes_per_ms = self.sample_rate * bytes_per_sample // 1000
         self.include_timestamps = include_timestamps == "true"
@@ -656,7 +664,10 @@ class _SessionRunner:
             return "", []
         pcm = np.concatenate(self.segment)
         words = detect_words(
-            pcm, sample_rate=self.sample_rate, require_key=self.emulator.transcriber == "tones"
+            pcm,
+            sample_rate=self.sample_rate,
+            require_key=self.emulator.transcriber == "tones",
+            voicing=self.voicing,
         )
         return transcript_text(words, self.emulator.transcriber), words
 
@@ -702,6 +713,7 @@ class _SessionRunner:
         self.segment_start_ms += self.segment_bytes / self.bytes_per_ms
         self.segment = []
         self.segment_bytes = 0
+        self.voicing = GrowingVoicing(self.sample_rate)
         self.audio_since_partial_ms = 0.0
         self.last_partial = ""
 

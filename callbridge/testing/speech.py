@@ -188,21 +188,93 @@ def voiced_frames(pcm: Pcm16, sample_rate: int = 8000) -> npt.NDArray[np.bool_]:
     """
     samples = np.asarray(pcm, dtype=np.float64)
     frame_len = _samples(FRAME_MS, sample_rate)
-    frames = len(samples) // frame_len
-    out = np.zeros(frames, dtype=bool)
-    block = _samples(BLOCK_MS, sample_rate)
-    hop = block // 2
-    if len(samples) < block:
+    out = np.zeros(len(samples) // frame_len, dtype=bool)
+    starts = _block_starts(len(samples), sample_rate)
+    voiced = _voiced_blocks(samples, starts, sample_rate)
+    _mark_voiced(out, starts[voiced], sample_rate)
+    return out
+
+
+class GrowingVoicing:
+    """:func:`voiced_frames` of a recording that grows at its end, each block analysed once.
+
+    The emulator recognises its uncommitted audio again for every partial transcript; over
+    a long segment, analysing the whole of it each time costs more than the bridge under
+    test. Blocks are independent, so the ones already analysed are kept, and a block none
+    of whose frames is louder than ``threshold_dbfs`` is not analysed at all (no frame it
+    could mark is loud enough to be a word). The frames it gives, where loud, are those of
+    :func:`voiced_frames` over the whole.
+    """
+
+    def __init__(self, sample_rate: int, threshold_dbfs: float = NEAR_FIELD_DBFS) -> None:
+        self.sample_rate = sample_rate
+        self.threshold_dbfs = threshold_dbfs
+        self._blocks_seen = 0
+        self._voiced_starts: list[int] = []
+
+    def frames(self, pcm: Pcm16, levels: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        """Voiced frames of ``pcm`` (the same recording as before, grown), ``levels`` its
+        :func:`frame_levels_dbfs`."""
+        frame_len = _samples(FRAME_MS, self.sample_rate)
+        starts = _block_starts(len(pcm), self.sample_rate)[self._blocks_seen :]
+        self._blocks_seen += len(starts)
+        block = _samples(BLOCK_MS, self.sample_rate)
+        loud = levels > self.threshold_dbfs
+        candidates = np.array(
+            [s for s in starts.tolist() if loud[s // frame_len : (s + block) // frame_len].any()],
+            dtype=int,
+        )
+        if len(candidates):
+            samples = np.asarray(pcm, dtype=np.float64)
+            voiced = _voiced_blocks(samples, candidates, self.sample_rate)
+            self._voiced_starts.extend(candidates[voiced].tolist())
+        out = np.zeros(len(pcm) // frame_len, dtype=bool)
+        _mark_voiced(out, np.array(self._voiced_starts, dtype=int), self.sample_rate)
         return out
+
+
+def _block_starts(samples: int, sample_rate: int) -> npt.NDArray[np.int_]:
+    block = _samples(BLOCK_MS, sample_rate)
+    if samples < block:
+        return np.zeros(0, dtype=int)
+    return np.arange(0, samples - block + 1, block // 2)
+
+
+def _mark_voiced(
+    out: npt.NDArray[np.bool_], starts: npt.NDArray[np.int_], sample_rate: int
+) -> None:
+    """Mark the whole frames inside each voiced block starting at ``starts``."""
+    frame_len = _samples(FRAME_MS, sample_rate)
+    block = _samples(BLOCK_MS, sample_rate)
+    for start in starts.tolist():
+        out[start // frame_len : min(len(out), (start + block) // frame_len)] = True
+
+
+def _moving_sum(rows: npt.NDArray[np.float64], half_width: int) -> npt.NDArray[np.float64]:
+    """Per row, the sum over ±``half_width`` bins (zeros beyond the ends): what
+    ``np.convolve(row, ones, mode="same")`` gives, for all rows at once."""
+    bins = rows.shape[1]
+    padded = np.pad(rows, ((0, 0), (half_width, half_width)))
+    total = np.zeros_like(rows)
+    for shift in range(2 * half_width + 1):
+        total += padded[:, shift : shift + bins]
+    return total
+
+
+def _voiced_blocks(
+    samples: npt.NDArray[np.float64], starts: npt.NDArray[np.int_], sample_rate: int
+) -> npt.NDArray[np.bool_]:
+    """For each 64 ms block starting at ``starts``: is it voiced (see :func:`voiced_frames`)?"""
+    if not len(starts):
+        return np.zeros(0, dtype=bool)
+    block = _samples(BLOCK_MS, sample_rate)
     size = 4096 if sample_rate <= 8000 else 8192
-    starts = np.arange(0, len(samples) - block + 1, hop)
-    blocks = np.stack([samples[s : s + block] for s in starts]) * np.hanning(block)
+    blocks = np.stack([samples[s : s + block] for s in starts.tolist()]) * np.hanning(block)
     spectrum = 20 * np.log10(np.abs(np.fft.rfft(blocks, n=size, axis=1)) + 1e-6)
     bin_hz = sample_rate / size
     # Local floor: the spectrum smoothed over ±60 Hz (a mean in dB sits below the peaks).
     width = max(1, int(60 / bin_hz))
-    kernel = np.ones(2 * width + 1) / (2 * width + 1)
-    floor = np.stack([np.convolve(row, kernel, mode="same") for row in spectrum])
+    floor = _moving_sum(spectrum, width) / (2 * width + 1)
     prominence = spectrum - floor
     # Peak value within ±1 bin of each harmonic position.
     prominence = np.maximum(prominence, np.roll(prominence, 1, axis=1))
@@ -219,8 +291,7 @@ def voiced_frames(pcm: Pcm16, sample_rate: int = 8000) -> npt.NDArray[np.bool_]:
     # The comb must carry a good part of the sound, not be a quiet voice under a loud
     # tone or cough: the power within ±24 Hz of its harmonics, against the band's.
     power = 10 ** (spectrum / 10)
-    span = max(1, int(24 / bin_hz))
-    near = np.stack([np.convolve(row, np.ones(2 * span + 1), mode="same") for row in power])
+    near = _moving_sum(power, max(1, int(24 / bin_hz)))
     low, high = int(200 / bin_hz), int(band_top / bin_hz)
     band_power = power[:, low:high].sum(axis=1) + 1e-12
     harmonic_power = near[:, bins] * in_band[None, :, :]  # (block, pitch, harmonic)
@@ -232,14 +303,10 @@ def voiced_frames(pcm: Pcm16, sample_rate: int = 8000) -> npt.NDArray[np.bool_]:
     strongest = harmonic_power.max(axis=2)
     rest = comb_power - strongest
     spread = rest**2 / ((harmonic_power**2).sum(axis=2) - strongest**2 + 1e-24)
-    voiced_block = ((counts >= 8) & (ratio >= 0.6) & (share >= COMB_SHARE) & (spread >= 3.0)).any(
-        axis=1
-    )
-    for index, start in enumerate(starts):
-        if voiced_block[index]:
-            first = start // frame_len
-            out[first : min(frames, (start + block) // frame_len)] = True
-    return out
+    voiced: npt.NDArray[np.bool_] = (
+        (counts >= 8) & (ratio >= 0.6) & (share >= COMB_SHARE) & (spread >= 3.0)
+    ).any(axis=1)
+    return voiced
 
 
 def detect_words(
@@ -250,6 +317,7 @@ def detect_words(
     merge_gap_ms: int = 40,
     *,
     require_key: bool = True,
+    voicing: GrowingVoicing | None = None,
 ) -> list[DetectedWord]:
     """Words: runs of 10 ms frames that are voiced (:func:`voiced_frames`) and loud enough
     for the speaker's own voice: above ``threshold_dbfs``, within ``TALKER_GATE_DB`` of the
@@ -262,6 +330,9 @@ def detect_words(
     Runs separated by at most ``merge_gap_ms`` are merged; runs shorter than
     ``min_word_ms`` are dropped, and so are runs whose own spectrum is tones or noise
     (:func:`sounds_voiced`: a key press or a cough over babble).
+
+    ``voicing`` analyses a recording passed again and again as it grows only once per
+    block (:class:`GrowingVoicing`, made with the same ``threshold_dbfs``).
     """
     levels = frame_levels_dbfs(pcm, sample_rate)
     if not len(levels):
@@ -283,7 +354,8 @@ def detect_words(
         & (levels > talker - TALKER_GATE_DB)
         & (levels > noise_floor + NOISE_MARGIN_DB)
     )
-    voiced = loud & voiced_frames(pcm, sample_rate)[: len(levels)]
+    voiced_at = voiced_frames(pcm, sample_rate) if voicing is None else voicing.frames(pcm, levels)
+    voiced = loud & voiced_at[: len(levels)]
     runs: list[list[int]] = []  # [first_frame, end_frame)
     edges = np.flatnonzero(np.diff(np.concatenate(([0], voiced.astype(np.int8), [0]))))
     for start, end in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
