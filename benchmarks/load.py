@@ -108,6 +108,7 @@ from cpu_cap import CpuCap, CpuCapError  # beside this script
 from callbridge import event_loop
 from callbridge.models import Track
 from callbridge.testing.speech import build_track, pcm16_to_ulaw, synth_utterance, ulaw_to_pcm16
+from callbridge.twilio.paths import MEDIA_PATH
 
 METHOD = (__doc__ or "").split("(also printed with the results):")[-1].split("The relay")[0]
 METHOD = METHOD.strip()
@@ -568,7 +569,7 @@ async def _relay(args: argparse.Namespace) -> None:
         return web.json_response({"status": "ok", "live_calls": live})
 
     app = web.Application()
-    app.router.add_get("/twilio/media", media)
+    app.router.add_get(MEDIA_PATH, media)
     app.router.add_get("/healthz", healthz)
     await _serve_until_signal(app, args.port)
 
@@ -937,7 +938,7 @@ async def _generate(
     warmup = min(1.0, args.duration * 0.1)
     t_base = loop.time() + 0.3
     window = (t_base + stagger + warmup, t_base + args.duration - 0.2)
-    ws_urls = [base.replace("http://", "ws://") + "/twilio/media" for base in bases]
+    ws_urls = [base.replace("http://", "ws://") + MEDIA_PATH for base in bases]
     bodies = phase.conversation.bodies
     cycle = phase.conversation.frames
     rss_peak = 0

@@ -158,7 +158,7 @@ async def run_bridge(
         for i in range(calls)
     ]
     for session in sessions:
-        session.start(None, None)
+        session.start()
     await asyncio.sleep(0)
     frames = 0
     started = time.process_time()

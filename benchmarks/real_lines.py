@@ -37,6 +37,7 @@ from callbridge.testing.lines import ScriptedLine, noisy_call, short_noisy_call
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.twilio_simulator import TwilioCallSimulator
 from callbridge.testing.webhook_receiver import WebhookReceiver
+from callbridge.twilio.paths import MEDIA_PATH
 
 AUTH_TOKEN = "bench-auth-token"
 STREAM_SECRET = "bench-stream-secret-0123456789"
@@ -75,7 +76,7 @@ async def measure(call: ScriptedLine, answer_s: float) -> int:
         await web.TCPSite(runner, "127.0.0.1", port).start()
         try:
             sim = TwilioCallSimulator(
-                f"ws://127.0.0.1:{port}/twilio/media",
+                f"ws://127.0.0.1:{port}{MEDIA_PATH}",
                 auth_token=AUTH_TOKEN,
                 public_url=settings.server.public_url,
                 stream_secret=STREAM_SECRET,

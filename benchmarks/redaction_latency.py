@@ -49,6 +49,7 @@ from callbridge.testing.speech import build_track, pcm16_to_ulaw
 from callbridge.testing.speech_script import SpeechScript
 from callbridge.testing.twilio_simulator import TwilioCallSimulator
 from callbridge.testing.webhook_receiver import WebhookReceiver
+from callbridge.twilio.paths import MEDIA_PATH
 
 AUTH_TOKEN = "bench-auth-token"
 STREAM_SECRET = "bench-stream-secret-0123456789"
@@ -117,7 +118,7 @@ def settings(port: int, scribe_url: str, hook: str, folder: Path, kinds: Sequenc
 
 async def one_call(base: str, inbound: bytes, outbound: bytes, speed: float) -> tuple[str, float]:
     sim = TwilioCallSimulator(
-        base.replace("http", "ws") + "/twilio/media",
+        base.replace("http", "ws") + MEDIA_PATH,
         auth_token=AUTH_TOKEN,
         public_url=base,
         stream_secret=STREAM_SECRET,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from callbridge.ai_summary.setup import setup_ai_summary
 from callbridge.api.routes import setup_api
 from callbridge.call.event_journal import replay_journals
 from callbridge.call.event_writer import EventWriters, WriterSettings
+from callbridge.call.live_calls import LiveCallRegistry, watch_call_limits
 from callbridge.call.lost_calls import LostCallReaper
 from callbridge.call.sink import CallEventSink, FanOutSink, LoggingSink
 from callbridge.call.stream_claims import StreamClaims
@@ -33,11 +35,14 @@ from callbridge.config import Settings, redacted, with_stream_secret
 from callbridge.context import (
     AFTER_CALL,
     CALL_ERASERS,
+    CLAIMS,
     EVENT_WRITERS,
     JOBS,
+    LIVE_CALLS,
     LIVE_FEED,
     LOST_CALLS,
     METRICS,
+    REGISTRY,
     SETTINGS,
     SINK,
     STORE,
@@ -55,12 +60,6 @@ from callbridge.models import EndReason, utc_now
 from callbridge.postcall.setup import setup_postcall
 from callbridge.store.factory import open_store
 from callbridge.summary import summarize
-from callbridge.twilio.media_route import (
-    CLAIMS,
-    REGISTRY,
-    setup_bridge_routes,
-    supervise_live_calls,
-)
 from callbridge.twilio.routes import setup_twilio_routes
 from callbridge.webhooks.dispatcher import WebhookDispatcher
 from callbridge.webhooks.sink import AfterCall, StoreSink
@@ -128,11 +127,15 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
             follow_ups=[ai_summary_jobs] if settings.summary.enabled else [],
         )
     app.cleanup_ctx.append(_store_and_dispatcher)
-    app.cleanup_ctx.append(supervise_live_calls)  # needs the store open; stops before it closes
+    app.cleanup_ctx.append(_supervise_live_calls)  # needs the store open; stops before it closes
     app.cleanup_ctx.append(_reap_lost_calls)
     app.on_shutdown.append(_end_live_calls)  # first: event streams see the calls end
+    registry = LiveCallRegistry()
+    app[REGISTRY] = registry
+    app[LIVE_CALLS] = registry
+    app[CLAIMS] = StreamClaims(store, settings.server.stream_lease_s)
     setup_twilio_routes(app)
-    registry = setup_bridge_routes(app, StreamClaims(store, settings.server.stream_lease_s))
+    app.router.add_get("/healthz", healthz)
     setup_api(app)
     setup_http_limits(app)
     setup_live_page(app)
@@ -147,6 +150,46 @@ def create_app(settings: Settings, *, extra_sink: CallEventSink | None = None) -
         ),
     )
     return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    if registry.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    return web.json_response(
+        {
+            "status": "ok",
+            "live_calls": len(registry),
+            "media_sockets": registry.sockets,
+            "max_calls": request.app[SETTINGS].limits.max_calls,
+            "refused": dict(registry.refused),
+            "pid": os.getpid(),
+        }
+    )
+
+
+async def _supervise_live_calls(app: web.Application) -> AsyncIterator[None]:
+    """Two tasks per process, for all its calls: the heartbeat of their claims, and the
+    watch that ends calls without media or past the longest call."""
+    registry = app[REGISTRY]
+
+    def lost(call_sid: str) -> None:
+        registry.end_in_background(call_sid, EndReason.ERROR, "the call's claim was lost")
+
+    tasks = [
+        asyncio.create_task(
+            app[CLAIMS].run_heartbeat(registry.call_sids, lost), name="stream-claims-heartbeat"
+        ),
+        asyncio.create_task(
+            watch_call_limits(registry, app[SETTINGS].limits), name="call-limits-watch"
+        ),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _reap_lost_calls(app: web.Application) -> AsyncIterator[None]:

@@ -27,7 +27,7 @@ from callbridge.config import (
 from callbridge.logs import configure_logging
 from callbridge.metrics.multiprocess import MetricsDirectory, multiprocess_dir
 from callbridge.store.base import StoreError
-from callbridge.twilio.stream_auth import stream_token
+from callbridge.twilio.stream_auth import TOKEN_PARAMETER, stream_token
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = commands.add_parser(
         "stream-token",
-        help='print a call\'s stream token (<Parameter name="cb_token">) for TwiML made '
+        help=f'print a call\'s stream token (<Parameter name="{TOKEN_PARAMETER}">) for TwiML made '
         "elsewhere (needs CALLBRIDGE_STREAM_SECRET)",
     )
     token.add_argument("--account-sid", required=True, help="the call's AccountSid (AC…)")

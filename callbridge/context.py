@@ -9,7 +9,9 @@ from aiohttp import web
 
 from callbridge.api.live_feed import LiveFeed
 from callbridge.call.event_writer import EventWriters
+from callbridge.call.live_calls import LiveCallRegistry
 from callbridge.call.sink import CallEventSink
+from callbridge.call.stream_claims import StreamClaims
 from callbridge.config import Settings
 from callbridge.jobs.runner import JobRunner
 from callbridge.metrics.definitions import BridgeMetrics
@@ -39,6 +41,9 @@ class LostCallWatch(Protocol):
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", DurableStore)
 LIVE_CALLS = web.AppKey("live_calls", LiveCalls)
+# The same registry as LIVE_CALLS, for the media route, the drain and the claims' heartbeat.
+REGISTRY = web.AppKey("live_call_registry", LiveCallRegistry)
+CLAIMS = web.AppKey("stream_claims", StreamClaims)
 SINK = web.AppKey("sink", CallEventSink)
 LOST_CALLS = web.AppKey("lost_calls", LostCallWatch)
 EVENT_WRITERS = web.AppKey("event_writers", EventWriters)

@@ -37,9 +37,9 @@ from callbridge.testing.twilio_simulator import (
     post_status,
     post_voice,
 )
+from callbridge.twilio.paths import MEDIA_PATH
 from callbridge.twilio.signatures import public_base, websocket_base
 
-MEDIA_PATH = "/twilio/media"
 DEFAULT_URL = "http://127.0.0.1:8080"
 SAMPLE_CALL = "sample_call.wav"
 SUMMARY_WAIT_S = 30.0

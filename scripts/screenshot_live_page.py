@@ -44,6 +44,8 @@ from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.speech import build_track, pcm16_to_ulaw
 from callbridge.testing.speech_script import SpeechScript
 from callbridge.testing.twilio_simulator import TwilioCallSimulator
+from callbridge.twilio.paths import MEDIA_PATH
+from callbridge.twilio.stream_auth import FROM_PARAMETER, TO_PARAMETER
 
 TWILIO_TOKEN = "screenshot-twilio-token"
 STREAM_SECRET = "screenshot-stream-secret-0123456789"
@@ -116,11 +118,11 @@ async def screenshots(base: str, token: str, caller: bytes, agent: bytes, out: P
         await page.get_by_label("API token").fill(token)
         await page.get_by_role("button", name="Connect").click()
         sim = TwilioCallSimulator(
-            base.replace("http", "ws") + "/twilio/media",
+            base.replace("http", "ws") + MEDIA_PATH,
             auth_token=TWILIO_TOKEN,
             public_url=base,
             stream_secret=STREAM_SECRET,
-            custom_parameters={"cb_from": "+14155550123", "cb_to": "+18005550199"},
+            custom_parameters={FROM_PARAMETER: "+14155550123", TO_PARAMETER: "+18005550199"},
         )
         playing = asyncio.ensure_future(sim.run(inbound=caller, outbound=agent, speed=SPEED))
         link = page.locator("#live-calls a")

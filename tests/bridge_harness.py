@@ -23,11 +23,10 @@ from callbridge.config import (
     TwilioSettings,
     WebhookSettings,
 )
-from callbridge.context import SETTINGS, STORE
+from callbridge.context import REGISTRY, SETTINGS, STORE
 from callbridge.http_limits import runner_options
 from callbridge.store.base import Store
 from callbridge.testing.twilio_simulator import TwilioCallSimulator
-from callbridge.twilio.media_route import REGISTRY
 
 AUTH_TOKEN = "test-auth-token"
 API_TOKEN = "test-api-token"

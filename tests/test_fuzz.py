@@ -33,9 +33,9 @@ import websockets.sync.client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from callbridge.context import REGISTRY
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.twilio_simulator import TwilioCallSimulator, new_call_sid, sign_request
-from callbridge.twilio.media_route import REGISTRY
 from callbridge.twilio.signatures import public_websocket_url
 from callbridge.twilio.stream_auth import stream_token
 from tests.bridge_harness import (

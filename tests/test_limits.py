@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 
 from callbridge.config import Settings
+from callbridge.context import REGISTRY
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.twilio_simulator import SimulatorHandshakeError
-from callbridge.twilio.media_route import REGISTRY
 from tests.bridge_harness import RunningBridge, bridge_settings, free_port, running_bridge
 from tests.test_bridge_e2e import track, wait_ended
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
+from callbridge.context import CLAIMS, REGISTRY
 from callbridge.models import Track
 from callbridge.store.base import CallStatus, StoreError
 from callbridge.testing.scribe_emulator import ScribeEmulator
 from callbridge.testing.twilio_simulator import TwilioCallSimulator, new_call_sid
 from callbridge.testing.webhook_receiver import WebhookReceiver
-from callbridge.twilio.media_route import CLAIMS, REGISTRY
 from callbridge.twilio.stream_auth import stream_token
 from tests.bridge_harness import (
     STREAM_SECRET,

@@ -23,7 +23,8 @@ from callbridge.testing.twilio_simulator import (
     sign_request,
 )
 from callbridge.twilio import routes
-from callbridge.twilio.routes import BACKGROUND_TASKS, SIGNATURE_CHECKER, setup_twilio_routes
+from callbridge.twilio.routes import BACKGROUND_TASKS, setup_twilio_routes
+from callbridge.twilio.signatures import SIGNATURE_CHECKER
 from callbridge.twilio.stream_auth import stream_token
 
 TOKEN = "route-test-token"

@@ -54,13 +54,16 @@ from callbridge.scribe.options import ScribeOptions
 
 @dataclass(frozen=True, slots=True)
 class StreamDescription:
-    """What the bridge needs from Twilio's ``start`` message."""
+    """The call and its media stream, as plain values (the Twilio layer reads them from the
+    stream's ``start`` message)."""
 
     call_sid: str
     stream_sid: str
     account_sid: str
     tracks: tuple[Track, ...]
-    custom_parameters: Mapping[str, str]  # the caller's own; the bridge's (cb_*) taken out
+    custom_parameters: Mapping[str, str]  # stored and sent as the call's custom_parameters
+    from_number: str | None = None
+    to_number: str | None = None
 
 
 # The most silence one timestamp gap is filled with. A gap is audio that never came:
@@ -195,13 +198,13 @@ class CallSession:
         self.ignored_frames = 0
 
     # ------------------------------------------------------------- lifecycle
-    def start(self, from_number: str | None, to_number: str | None) -> None:
+    def start(self) -> None:
         info = CallInfo(
             call_sid=self.stream.call_sid,
             stream_sid=self.stream.stream_sid,
             account_sid=self.stream.account_sid,
-            from_number=from_number,
-            to_number=to_number,
+            from_number=self.stream.from_number,
+            to_number=self.stream.to_number,
             tracks=tuple(str(t) for t in self.stream.tracks),
             custom_parameters=self.stream.custom_parameters,
             started_at=self._started_at,

@@ -35,6 +35,7 @@ from twilio.request_validator import HMAC_SHA256, RequestValidator
 
 from callbridge.audio.ulaw import FRAME_BYTES, FRAME_MS, SAMPLE_RATE, SILENCE_BYTE, audioop
 from callbridge.models import Track
+from callbridge.twilio.paths import MEDIA_PATH, STATUS_PATH, VOICE_PATH
 from callbridge.twilio.signatures import (
     SIGNATURE_HEADER,
     SIGNATURE_SETTINGS_HEADER,
@@ -63,7 +64,6 @@ __all__ = [
 
 MULAW_SILENCE = SILENCE_BYTE
 _SILENT_BYTES = frozenset({0xFF, 0x7F})  # μ-law +0 and -0
-MEDIA_PATH = "/twilio/media"
 
 AudioSource = bytes | bytearray | memoryview | np.ndarray | str | os.PathLike[str]
 SignatureMode = Literal["valid", "wrong", "missing"]
@@ -178,7 +178,7 @@ async def post_voice(
         params["To"] = to
     params.update(extra or {})
     status, body = await post_signed_form(
-        session, base_url, public_url, auth_token, "/twilio/voice", params, signature=signature
+        session, base_url, public_url, auth_token, VOICE_PATH, params, signature=signature
     )
     if status != 200:
         raise aiohttp.ClientResponseError(
@@ -207,7 +207,7 @@ async def post_status(
         params["CallDuration"] = str(duration_s)
     params.update(extra or {})
     status, _ = await post_signed_form(
-        session, base_url, public_url, auth_token, "/twilio/status", params, signature=signature
+        session, base_url, public_url, auth_token, STATUS_PATH, params, signature=signature
     )
     return status
 
@@ -237,7 +237,7 @@ async def post_stream_status(
     if stream_error is not None:
         params["StreamError"] = stream_error
     status, _ = await post_signed_form(
-        session, base_url, public_url, auth_token, "/twilio/status", params, signature=signature
+        session, base_url, public_url, auth_token, STATUS_PATH, params, signature=signature
     )
     return status
 

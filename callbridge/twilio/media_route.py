@@ -9,7 +9,9 @@ session is then finished as for a hang-up, so no speech that already arrived is 
 A ``start`` is accepted only when its ``cb_token`` is the call's stream token
 (:mod:`callbridge.twilio.stream_auth`) and the call's live-call claim could be taken in the
 store (:mod:`callbridge.call.stream_claims`): a call that has ended, or whose stream is live in
-any process sharing the store, is refused with ``1008`` and a reason.
+any process sharing the store, is refused with ``1008`` and a reason. The bridge's own
+parameters (``cb_*``) stop here: the call session gets the numbers and the caller's own
+parameters as plain values (:class:`~callbridge.call.session.StreamDescription`).
 
 Limits (``[limits]``, README "Security"): beyond ``max_calls`` open media sockets a new one
 is refused with ``503`` before the upgrade; a socket that sends no ``start`` within
@@ -23,21 +25,18 @@ and closed when no answer comes. Calls without media or past the longest call ar
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from callbridge.call.live_calls import LiveCallRegistry, watch_call_limits
 from callbridge.call.session import CallSession, StreamDescription
-from callbridge.call.stream_claims import StreamClaims
 from callbridge.context import (
     AUDIO_SPOOL,
+    CLAIMS,
     EVENT_WRITERS,
-    LIVE_CALLS,
     LIVE_FEED,
     METRICS,
+    REGISTRY,
     SETTINGS,
     SINK,
 )
@@ -52,16 +51,10 @@ from callbridge.twilio.protocol import (
     check_media_format,
     parse_message,
 )
-from callbridge.twilio.routes import SIGNATURE_CHECKER
+from callbridge.twilio.signatures import SIGNATURE_CHECKER
 from callbridge.twilio.stream_auth import split_parameters, token_matches
 
-MEDIA_PATH = "/twilio/media"
 log = structlog.get_logger("callbridge.twilio.media_route")
-
-
-REGISTRY = web.AppKey("live_call_registry", LiveCallRegistry)
-CLAIMS = web.AppKey("stream_claims", StreamClaims)
-
 
 _CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 
@@ -251,6 +244,8 @@ async def _start_session(
                 account_sid=start.account_sid,
                 tracks=start.tracks,
                 custom_parameters=params.custom,
+                from_number=params.from_number,
+                to_number=params.to_number,
             ),
             app[SINK],
             writers=app[EVENT_WRITERS],
@@ -266,59 +261,5 @@ async def _start_session(
         if claim is StreamClaim.CLAIMED or claim is None:
             await claims.release(call_sid)
         raise
-    session.start(params.from_number, params.to_number)
+    session.start()
     return session
-
-
-async def healthz(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY]
-    if registry.draining:
-        return web.json_response({"status": "draining"}, status=503)
-    return web.json_response(
-        {
-            "status": "ok",
-            "live_calls": len(registry),
-            "media_sockets": registry.sockets,
-            "max_calls": request.app[SETTINGS].limits.max_calls,
-            "refused": dict(registry.refused),
-            "pid": os.getpid(),
-        }
-    )
-
-
-def setup_bridge_routes(app: web.Application, claims: StreamClaims) -> LiveCallRegistry:
-    """Add the media websocket and ``/healthz``; the registry also serves as ``LIVE_CALLS``.
-
-    The claims' heartbeat runs from :func:`supervise_live_calls` (a cleanup context the app
-    adds once its store is open)."""
-    registry = LiveCallRegistry()
-    app[REGISTRY] = registry
-    app[LIVE_CALLS] = registry
-    app[CLAIMS] = claims
-    app.router.add_get(MEDIA_PATH, media_websocket)
-    app.router.add_get("/healthz", healthz)
-    return registry
-
-
-async def supervise_live_calls(app: web.Application) -> AsyncIterator[None]:
-    """Two tasks per process, for all its calls: the heartbeat of their claims, and the
-    watch that ends calls without media or past the longest call."""
-    registry = app[REGISTRY]
-
-    def lost(call_sid: str) -> None:
-        registry.end_in_background(call_sid, EndReason.ERROR, "the call's claim was lost")
-
-    tasks = [
-        asyncio.create_task(
-            app[CLAIMS].run_heartbeat(registry.call_sids, lost), name="stream-claims-heartbeat"
-        ),
-        asyncio.create_task(
-            watch_call_limits(registry, app[SETTINGS].limits), name="call-limits-watch"
-        ),
-    ]
-    try:
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

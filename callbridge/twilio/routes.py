@@ -1,8 +1,8 @@
-"""The Twilio HTTP webhooks: ``POST /twilio/voice`` (TwiML) and ``POST /twilio/status``.
+"""The Twilio routes: ``POST /twilio/voice`` (TwiML), ``POST /twilio/status`` and the media
+websocket (:mod:`callbridge.twilio.media_route`), at the paths of :mod:`callbridge.twilio.paths`.
 
-Both check ``X-Twilio-Signature`` before doing any work (403 + JSON error otherwise). The
-signature checker lives on the app under :data:`SIGNATURE_CHECKER` so the media websocket
-handler can check the upgrade with ``app[SIGNATURE_CHECKER].check_websocket(request)``.
+Every one checks ``X-Twilio-Signature`` before doing any work (403 + JSON error otherwise),
+with the app's one checker, ``app[SIGNATURE_CHECKER]`` (:mod:`callbridge.twilio.signatures`).
 
 Nothing here makes Twilio wait: the voice answer does not hang on a slow store (Twilio gives
 up after 15 s), and a finished call is ended in a background task.
@@ -21,14 +21,13 @@ from callbridge.context import LIVE_CALLS, LOST_CALLS, SETTINGS, STORE
 from callbridge.http_errors import json_error
 from callbridge.models import EndReason
 from callbridge.store.base import FINAL_TWILIO_STATUSES
-from callbridge.twilio.signatures import TwilioSignatureChecker
-from callbridge.twilio.twiml import STATUS_PATH, build_stream_twiml
+from callbridge.twilio.media_route import media_websocket
+from callbridge.twilio.paths import MEDIA_PATH, STATUS_PATH, VOICE_PATH
+from callbridge.twilio.signatures import SIGNATURE_CHECKER, TwilioSignatureChecker
+from callbridge.twilio.twiml import build_stream_twiml
 
 log = structlog.get_logger(__name__)
 
-VOICE_PATH = "/twilio/voice"
-
-SIGNATURE_CHECKER = web.AppKey("twilio_signature_checker", TwilioSignatureChecker)
 BACKGROUND_TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("twilio_background_tasks")
 
 # How long the voice webhook waits for the store before answering anyway.
@@ -39,12 +38,14 @@ SHUTDOWN_WAIT_S = 5.0
 
 
 def setup_twilio_routes(app: web.Application) -> None:
-    """Add the voice and status webhooks and the signature checker (needs ``app[SETTINGS]``)."""
+    """Add the voice and status webhooks, the media websocket and the signature checker
+    (needs ``app[SETTINGS]``; the media websocket also ``REGISTRY`` and ``CLAIMS``)."""
     settings = app[SETTINGS]
     app[SIGNATURE_CHECKER] = TwilioSignatureChecker.from_settings(settings)
     app[BACKGROUND_TASKS] = set()
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_post(STATUS_PATH, status_callback)
+    app.router.add_get(MEDIA_PATH, media_websocket)
     app.on_cleanup.append(_finish_background_tasks)
 
 

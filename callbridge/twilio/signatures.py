@@ -26,6 +26,7 @@ from multidict import MultiDict, MultiDictProxy
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
 from callbridge.config import ConfigError, Settings
+from callbridge.twilio.paths import MEDIA_PATH
 
 log = structlog.get_logger(__name__)
 
@@ -73,7 +74,7 @@ def _join(base: str, path: str) -> str:
     return base + path
 
 
-def public_websocket_url(public_url: str, path: str = "/twilio/media") -> str:
+def public_websocket_url(public_url: str, path: str = MEDIA_PATH) -> str:
     """The URL Twilio signs on the media websocket upgrade: ``wss://<public host><path>``."""
     return _join(websocket_base(public_url), path)
 
@@ -222,3 +223,7 @@ async def _read_form(request: web.BaseRequest) -> MultiDictProxy[str] | None:
             return None
         form.add(key, value)
     return MultiDictProxy(form)
+
+
+# The app's one checker: the webhooks check their forms with it, the media route its upgrade.
+SIGNATURE_CHECKER = web.AppKey("twilio_signature_checker", TwilioSignatureChecker)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from twilio.twiml.voice_response import VoiceResponse
 
 from callbridge.config import Settings
+from callbridge.twilio.paths import MEDIA_PATH, STATUS_PATH
 from callbridge.twilio.signatures import public_base, public_websocket_url
 from callbridge.twilio.stream_auth import (
     FROM_PARAMETER,
@@ -18,9 +19,6 @@ from callbridge.twilio.stream_auth import (
     TOKEN_PARAMETER,
     stream_token,
 )
-
-MEDIA_PATH = "/twilio/media"
-STATUS_PATH = "/twilio/status"
 
 
 def build_stream_twiml(
