@@ -18,17 +18,24 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import aiohttp
 import pytest
 
 from callbridge.context import CLAIMS, REGISTRY
 from callbridge.models import Track
 from callbridge.store.base import CallStatus, StoreError
 from callbridge.testing.scribe_emulator import ScribeEmulator
-from callbridge.testing.twilio_simulator import TwilioCallSimulator, new_call_sid
+from callbridge.testing.twilio_simulator import (
+    TwilioCallSimulator,
+    new_call_sid,
+    sign_request,
+)
 from callbridge.testing.webhook_receiver import WebhookReceiver
 from callbridge.twilio.stream_auth import stream_token
 from tests.bridge_harness import (
+    AUTH_TOKEN,
     STREAM_SECRET,
     RunningBridge,
     bridge_settings,
@@ -189,6 +196,98 @@ async def test_a_call_live_in_one_process_is_refused_in_another(
         # And once it has ended, neither process opens it again.
         code, reason = await refused_start(second, call_sid)
         assert (code, reason) == (POLICY_VIOLATION, "this call has ended")
+
+
+@dataclasses.dataclass(frozen=True)
+class CapturedRequest:
+    """A signed Twilio request as it went over the wire, to be sent again byte for byte."""
+
+    body: bytes
+    headers: dict[str, str]
+
+    @classmethod
+    def status_callback(cls, bridge: RunningBridge, **params: str) -> CapturedRequest:
+        url = bridge.settings.server.public_url + "/twilio/status"
+        body = urlencode(params).encode()
+        return cls(
+            body,
+            {
+                "Content-Type": "application/x-www-form-urlencoded",
+                "X-Twilio-Signature": sign_request(AUTH_TOKEN, url, params),
+            },
+        )
+
+    async def send(self, http: aiohttp.ClientSession, bridge: RunningBridge) -> int:
+        url = bridge.base_url + "/twilio/status"
+        async with http.post(url, data=self.body, headers=self.headers) as response:
+            return response.status
+
+
+@pytest.mark.parametrize("ended_by", ["status_callback", "stream_stop"])
+async def test_a_replayed_status_callback_changes_nothing(
+    tmp_path: Path, emulator: ScribeEmulator, receiver: WebhookReceiver, ended_by: str
+) -> None:
+    """Twilio's HTTP signatures carry no time or nonce, so whoever captured a status callback
+    can send it again at will. Replayed after the call's end, every one of them (the final
+    ``completed``, an earlier ``in-progress``, the stream's ``stream-stopped``) is accepted
+    and changes nothing: no second ``call.ended``, no event, the call's row as it was."""
+    settings = bridge_settings(
+        tmp_path, emulator.url, free_port(), webhook_urls=[receiver.url], webhook_secret=SECRET
+    )
+    async with running_bridge(settings) as bridge, aiohttp.ClientSession() as http:
+        call_sid, account_sid = new_call_sid(), "AC" + "4" * 32
+        sim = bridge.simulator(call_sid=call_sid, account_sid=account_sid)
+        call = {"CallSid": call_sid, "AccountSid": account_sid}
+        in_progress = CapturedRequest.status_callback(bridge, **call, CallStatus="in-progress")
+        completed = CapturedRequest.status_callback(
+            bridge, **call, CallStatus="completed", CallDuration="7"
+        )
+        stream_stopped = CapturedRequest.status_callback(
+            bridge,
+            **call,
+            StreamSid=sim.stream_sid,
+            StreamName="callbridge",
+            StreamEvent="stream-stopped",
+            Timestamp="Tue, 01 Sep 2026 12:00:00 +0000",
+        )
+
+        await sim.connect()
+        await sim.send_start()
+        assert await in_progress.send(http, bridge) == 204
+        await sim.send_frames(speech(seed=5), speed=0)
+        if ended_by == "stream_stop":
+            await sim.send_stop()
+            await sim.close()
+            await wait_ended(bridge, call_sid)
+            assert await stream_stopped.send(http, bridge) == 204
+            assert await completed.send(http, bridge) == 204
+        else:  # Twilio's completed comes first and ends the live call
+            assert await completed.send(http, bridge) == 204
+            assert await sim.wait_closed(5.0)
+            await sim.close()
+            await wait_ended(bridge, call_sid)
+            assert await stream_stopped.send(http, bridge) == 204
+        await receiver.wait_for(3, timeout=10)  # call.started, one segment, call.ended
+        await asyncio.sleep(0.3)
+        before = await bridge.store.get_call(call_sid)
+        assert before is not None and before.status == CallStatus.ENDED
+        assert before.twilio_status == "completed" and before.twilio_duration_s == 7
+        assert before.end_reason == ("stop" if ended_by == "stream_stop" else "completed")
+        segments_before = await bridge.store.get_segments(call_sid)
+        events_before = await bridge.store.events_after({call_sid: 0}, 100)
+
+        for _ in range(3):
+            for captured in (completed, in_progress, stream_stopped):
+                assert await captured.send(http, bridge) == 204
+        await asyncio.sleep(0.5)  # room for any end-of-call work a replay might set off
+
+        assert await bridge.store.get_call(call_sid) == before
+        assert await bridge.store.get_segments(call_sid) == segments_before
+        assert await bridge.store.events_after({call_sid: 0}, 100) == events_before
+        kinds = [request.event_type for request in receiver.requests]
+        assert kinds == ["call.started", "transcript.committed", "call.ended"]
+        assert len(emulator.sessions) == 1
+        assert bridge.live_calls == 0
 
 
 def lease(db: Path, call_sid: str) -> tuple[str | None, int | None]:
