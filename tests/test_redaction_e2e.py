@@ -192,3 +192,78 @@ def test_an_unknown_kind_is_a_start_up_error(tmp_path: Path) -> None:
     settings = load_settings(empty, environ={"CALLBRIDGE_REDACT": "pci, SSN"})
     assert settings.redaction.kinds == ("pci", "SSN")
     assert dataclasses.asdict(settings.redaction)["hold_ms"] == 2500
+
+
+# A caller gives a social security number (whole, then its last four after a pause) and a
+# date of birth (the keyword in one turn, the date in the next); the agent reads numbers
+# and a date that are none of them.
+ID_SCRIPT = SpeechScript(
+    {
+        500: "my social is 123-45-6789",
+        600: "the last four of my social are",
+        700: "it's 6789",
+        800: "my date of birth is",
+        900: "July 12th 1987",
+        1000: "your case number is 987 654 321",
+        1100: "the meeting is on March 3rd 2020",
+        1200: "call 415 555 1234 order 4521 it was $40",
+    }
+)
+ID_SECRETS = re.compile(r"6789|1987|July|12th")
+NEGATIVES = ("987 654 321", "March 3rd 2020", "415 555 1234", "order 4521", "$40")
+
+
+def id_call_audio() -> tuple[bytes, bytes]:
+    caller = [(300, 500), (2500, 600), (5600, 700), (7000, 800), (9500, 900)]
+    agent = [(11500, 1000), (14500, 1100), (17500, 1200)]
+    duration = 21_500
+    inbound = build_track(duration, [(at, ID_SCRIPT.audio(key)) for at, key in caller], seed=5)
+    outbound = build_track(duration, [(at, ID_SCRIPT.audio(key)) for at, key in agent], seed=6)
+    return pcm16_to_ulaw(inbound), pcm16_to_ulaw(outbound)
+
+
+async def test_ids_and_dates_of_birth_are_redacted_across_turns_and_negatives_stay(
+    tmp_path: Path,
+) -> None:
+    inbound, outbound = id_call_audio()
+    async with (
+        ScribeEmulator(transcriber="tones", script=ID_SCRIPT) as emu,
+        WebhookReceiver() as receiver,
+    ):
+        settings = redacting(
+            bridge_settings(tmp_path, emu.url, free_port(), webhook_urls=[receiver.url]),
+            ["pci", "ssn", "dob"],
+        )
+        async with running_bridge(settings) as bridge:
+            sim = bridge.simulator()
+            await sim.run(inbound=inbound, outbound=outbound, speed=0)
+            await wait_ended(bridge, sim.call_sid)
+            await receiver.wait_for(1, predicate=lambda r: r.event_type == "call.ended")
+            formats = {
+                fmt: await api_get(bridge, f"/v1/calls/{sim.call_sid}/transcript?format={fmt}")
+                for fmt in ("json", "txt", "vtt", "srt")
+            }
+            summary = await api_get(bridge, f"/v1/calls/{sim.call_sid}/summary")
+        heard = [text for s in emu.sessions for text in s.committed]
+    assert "it's 6789" in heard and "July 12th 1987" in heard  # Scribe said them
+    committed = [r.data for r in receiver.requests if r.event_type == "transcript.committed"]
+    assert [(c["speaker"], c["text"]) for c in committed] == [
+        ("caller", "my social is [SSN]"),
+        ("caller", "the last four of my social are"),
+        ("caller", "it's [SSN]"),  # the keyword was in the turn before
+        ("caller", "my date of birth is"),
+        ("caller", "[DOB]"),  # likewise
+        ("agent", "your case number is 987 654 321"),
+        ("agent", "the meeting is on March 3rd 2020"),
+        ("agent", "call 415 555 1234 order 4521 it was $40"),
+    ]
+    assert [w["text"] for w in committed[4]["words"]] == ["[DOB]"]
+    for request in receiver.requests:
+        assert ID_SECRETS.search(request.body.decode()) is None, request.event_type
+    for fmt, (status, body) in formats.items():
+        assert status == 200 and ID_SECRETS.search(body) is None, fmt
+        assert "[SSN]" in body and "[DOB]" in body, fmt
+        for negative in NEGATIVES:
+            assert negative in body, (fmt, negative)
+    assert summary[0] == 200 and ID_SECRETS.search(summary[1]) is None
+    assert "987 654 321" in json.loads(summary[1])["transcript"]
