@@ -1,6 +1,7 @@
 """The post-call batch pass through the real server, against the realtime and batch
-emulators: the batch transcript and its event, redaction, retries, final failure, erasure,
-a restart in the middle of a pass, the AI summary after it, and the event stream."""
+emulators: the batch transcript and its event, redaction, retries, final failure, erasure
+(and an erasure ElevenLabs cannot confirm), the concurrency limit, a restart in the middle of
+a pass, the AI summary after it, and the event stream."""
 
 from __future__ import annotations
 
@@ -315,6 +316,54 @@ async def test_delete_erases_the_audio_and_the_transcripts_at_elevenlabs(
         assert (await api(bridge, "GET", f"/v1/calls/{pending_sid}"))[0] == 404
     assert not any(r.event_type == "call.transcript_final" and r.data["call_sid"] == pending_sid
                    for r in receiver.requests)  # fmt: skip
+
+
+async def test_an_erasure_elevenlabs_cannot_confirm_keeps_the_call_until_it_can(
+    tmp_path: Path,
+    scribe: ScribeEmulator,
+    batch: ScribeBatchEmulator,
+    receiver: WebhookReceiver,
+) -> None:
+    settings = postcall_settings(tmp_path, scribe, batch, receiver, keep_remote=True)
+    async with running_bridge(settings) as bridge:
+        call_sid = await play_call(bridge)
+        await receiver.wait_for(1, predicate=lambda r: r.event_type == "call.transcript_final")
+        made = set(batch.transcripts)
+        assert len(made) == 2
+        await batch.stop()  # ElevenLabs cannot be reached
+        status, body = await api(bridge, "DELETE", f"/v1/calls/{call_sid}")
+        assert status == 503 and json.loads(body)["error"]["code"] == "erasure_incomplete"
+        # nothing of the call was erased: it can be read, and erased again later
+        batch_txt = f"/v1/calls/{call_sid}/transcript?version=batch&format=txt"
+        assert (await api(bridge, "GET", batch_txt))[0] == 200
+        await batch.start()  # same port, same transcripts
+        assert (await api(bridge, "DELETE", f"/v1/calls/{call_sid}"))[0] == 204
+        assert (await api(bridge, "GET", f"/v1/calls/{call_sid}"))[0] == 404
+    assert set(batch.deleted) == made and batch.transcripts == {}
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_at_most_the_configured_number_of_passes_run_at_once(
+    tmp_path: Path,
+    scribe: ScribeEmulator,
+    batch: ScribeBatchEmulator,
+    receiver: WebhookReceiver,
+    concurrency: int,
+) -> None:
+    calls = 3
+    # every answer takes a second, so passes that are allowed to overlap do
+    batch.inject(*[BatchFault.slow(1.0)] * (2 * calls))
+    settings = postcall_settings(tmp_path, scribe, batch, receiver, concurrency=concurrency)
+    async with running_bridge(settings) as bridge:
+        call_sids = await asyncio.gather(*(play_call(bridge) for _ in range(calls)))
+        await receiver.wait_for(
+            calls, timeout=30, predicate=lambda r: r.event_type == "call.transcript_final"
+        )
+    # a pass sends its tracks one after the other: requests at once = passes at once
+    assert batch.max_in_flight == concurrency
+    assert len(batch.answered) == 2 * calls
+    for call_sid in call_sids:
+        assert len(event_of(receiver, "call.transcript_final", call_sid)["segments"]) == 3
 
 
 async def test_a_restart_resumes_the_pass_without_paying_twice(

@@ -25,7 +25,8 @@ live service decodes most formats).
 
 ``GET``/``DELETE /v1/speech-to-text/transcripts/{id}`` return or delete what it made (404
 once gone). Faults are injected per request, in order (:meth:`ScribeBatchEmulator.inject`):
-429 with ``Retry-After``, 5xx, slow answers, dropped connections.
+429 with ``Retry-After``, 5xx, slow answers, dropped connections. ``max_in_flight`` is the
+most transcription requests it was answering at once.
 
     async with ScribeBatchEmulator(script=script) as batch:
         batch.inject(BatchFault.rate_limit("2"))
@@ -175,6 +176,7 @@ class ScribeBatchEmulator(LocalHttpServer):
         self.transcripts: dict[str, dict[str, Any]] = {}
         self.deleted: list[str] = []
         self.in_flight = 0  # transcription requests being answered now
+        self.max_in_flight = 0  # the most answered at once so far
         self._faults: deque[BatchFault | None] = deque()
 
     @property
@@ -236,6 +238,7 @@ class ScribeBatchEmulator(LocalHttpServer):
         files: dict[str, tuple[str | None, str | None, bytes]] = {}
         status = 0  # until an answer goes out (0: none did, the connection was dropped)
         self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             denied = self._unauthorized(request)
             if denied is not None:
