@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/redaction_latency.py [--calls 3 --hold-ms 2500 --speed 1]
 
-The same scripted call (a caller pays by card: reads the number in two turns, the expiry
-and CVV in a third, later an order number; the agent answers in between) is played in real
+The same scripted call (a caller pays by card: reads the number in two turns, the agent
+says "go on" between them, the caller reads the expiry and CVV in a third, later an order
+number; the agent answers in between) is played in real
 time through the real bridge against the Scribe emulator, which answers every commit after
 0.3 s (the live service's usual), first with redaction off, then with
 ``CALLBRIDGE_REDACT=pci,ssn,dob``. ``--calls`` calls run at once in each mode. For every
@@ -12,7 +13,8 @@ moment the utterance's speech ended (known from the script, on the simulator's c
 
 The bridge uses its production turn settings. Figures: per utterance, the median over the
 calls of each mode, and the worst of all; the "held" column says which segments redaction
-held back (a segment ending in a number that may go on) and why.
+held back (a segment ending in a number that may go on) and why, and which waited behind
+a held one (segments leave in commit order).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ SCRIPT = SpeechScript(
         2300: "and the expiry and code",
         2600: "thank you the payment went through",
         2900: "you're welcome goodbye",
+        3200: "go on",
     }
 )
 # (start_ms, track, key, why it is held with redaction on)
@@ -71,6 +74,7 @@ UTTERANCES: list[tuple[int, Track, int, str]] = [
     (500, Track.INBOUND, 400, ""),
     (2500, Track.OUTBOUND, 2000, ""),
     (4500, Track.INBOUND, 700, "card, first groups"),
+    (6100, Track.OUTBOUND, 3200, "waits behind the caller's held segment"),
     (7000, Track.INBOUND, 1000, ""),
     (9500, Track.OUTBOUND, 2300, ""),
     (11500, Track.INBOUND, 1300, ""),
