@@ -564,12 +564,12 @@ def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
             "receiver (signatures verified) and, without ELEVENLABS_API_KEY, the bundled "
             "Scribe emulator; play the bundled two-speaker call through it as a Twilio call, "
             "then the same call on a bad line (babble, hold music, key presses); "
-            "print each transcript.committed webhook, the post-call summary and the AI summary "
-            "(from CALLBRIDGE_SUMMARY_LLM_URL if set, else from the bundled LLM emulator). "
-            "No network is needed without a key or an LLM URL."
-            "print each transcript.committed webhook and the post-call summary. "
-            "It prints the address of the live page (/live) and the API token to watch the "
-            "call in a browser. No network is needed without a key."
+            "print each transcript.committed webhook, the post-call summary, the batch "
+            "transcript of the post-call pass (without a key: from the bundled Scribe batch "
+            "emulator, marked EMULATED) and the AI summary (from CALLBRIDGE_SUMMARY_LLM_URL if "
+            "set, else from the bundled LLM emulator). It prints the address of the live page "
+            "(/live) and the API token to watch the call in a browser. No network is needed "
+            "without a key or an LLM URL."
         ),
     )
     parser.add_argument(
