@@ -40,6 +40,10 @@ SYSTEM_KEYS = {
     "rss",
     "server_exit_code",
 }
+# Calls as short as the load generator allows, their starts spread over less than half of
+# that: the smoke tests check what is reported, not how fast.
+SHORT_CALLS = ("--duration", "2", "--stagger", "0.5")
+FRAMES_PER_CALL = 2 * 100  # both tracks, 2 s of 20 ms frames
 
 
 @pytest.mark.timeout(240)
@@ -61,7 +65,7 @@ def run_benchmark(script: str, *args: str, cwd: Path) -> subprocess.CompletedPro
 
 def test_load_benchmark_prints_every_figure_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "load.json"
-    args = ["--calls", "2", "--duration", "3", "--scrape-interval", "0.5"]
+    args = ["--calls", "2", *SHORT_CALLS, "--scrape-interval", "0.5"]
     args += ["--systems", "bridge,bridge-nometrics,relay,receive"]
     result = run_benchmark("load.py", *args, "--json", str(out), cwd=tmp_path)
     for figure in FIGURES:
@@ -88,7 +92,7 @@ def test_load_benchmark_prints_every_figure_and_writes_json(tmp_path: Path) -> N
         assert set(entry[system]) >= SYSTEM_KEYS, system
         assert entry[system]["server_exit_code"] == 0
         frames = entry[system]["frames"]
-        assert frames["sent"] == 2 * 2 * 150 and frames["speech_sent"] > 0
+        assert frames["sent"] == 2 * FRAMES_PER_CALL and frames["speech_sent"] > 0
         assert {"peak_kb", "idle_kb", "per_call_kb", "hwm_kb"} <= set(entry[system]["rss"])
         assert {"p50", "p99"} <= set(entry[system]["fwd_latency_ms"])
         assert "rounds" not in entry[system] and "rss_flatness" not in entry[system]
@@ -108,7 +112,7 @@ def test_load_benchmark_prints_every_figure_and_writes_json(tmp_path: Path) -> N
 @pytest.mark.timeout(240)
 def test_load_benchmark_rounds_report_rss_per_round(tmp_path: Path) -> None:
     out = tmp_path / "load.json"
-    args = ["--systems", "bridge", "--calls", "2", "--duration", "3"]
+    args = ["--systems", "bridge", "--calls", "2", *SHORT_CALLS]
     args += ["--rounds", "3", "--warmup-rounds", "1", "--json", str(out)]
     result = run_benchmark("load.py", *args, cwd=tmp_path)
     assert "rss over 3 rounds (bridge, N=2): peak " in result.stdout
@@ -120,7 +124,7 @@ def test_load_benchmark_rounds_report_rss_per_round(tmp_path: Path) -> None:
     data = entry["bridge"]
     assert data["server_exit_code"] == 0
     # round 1 alone is analysed: later rounds' frames must not leak into it
-    assert data["frames"]["sent"] == 2 * 2 * 150
+    assert data["frames"]["sent"] == 2 * FRAMES_PER_CALL
     rounds = data["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
     for entry_round in rounds:
@@ -172,7 +176,7 @@ def test_webhook_benchmark_delivers_every_event_signed(tmp_path: Path) -> None:
 @pytest.mark.timeout(240)
 def test_scaling_benchmark_caps_each_worker_and_reports_capacity(tmp_path: Path) -> None:
     out = tmp_path / "scaling.json"
-    args = ["--per-worker", "2,3", "--duration", "3", "--worker-cpu", "0.5", "--json", str(out)]
+    args = ["--per-worker", "2,3", *SHORT_CALLS, "--worker-cpu", "0.5", "--json", str(out)]
     result = run_benchmark("scaling.py", *args, cwd=tmp_path)
     assert "capacity at 0.5 of a core per worker: " in result.stdout
     report = json.loads(out.read_text())
@@ -181,7 +185,7 @@ def test_scaling_benchmark_caps_each_worker_and_reports_capacity(tmp_path: Path)
     for step in steps:
         data = step["result"]
         assert data["server_exit_code"] == 0 and data["failed_calls"] == 0
-        assert data["frames"]["sent"] == step["calls"] * 2 * 150
+        assert data["frames"]["sent"] == step["calls"] * FRAMES_PER_CALL
         # each worker of the run ran in its own capped group and is measured apart
         assert len(data["worker_cpu_percent"]) == step["workers"]
         cap = data["cpu_cap"]
@@ -209,14 +213,14 @@ def test_instances_benchmark_runs_two_servers_on_one_postgresql(tmp_path: Path) 
 
     out = tmp_path / "instances.json"
     args = ["--database", PG_ADMIN_URL, "--configs", "postgres:2", "--per-instance", "2"]
-    args += ["--duration", "3", "--instance-cpu", "0.5", "--json", str(out)]
+    args += [*SHORT_CALLS, "--instance-cpu", "0.5", "--json", str(out)]
     result = run_benchmark("instances.py", *args, cwd=tmp_path)
     assert "postgres, 2 instances: ≥ 4 calls at 0.5 of a core each; webhook p99 " in result.stdout
     [step] = json.loads(out.read_text())["steps"]
     data = step["result"]
     assert (step["instances"], step["calls"], data["instances"]) == (2, 4, 2)
     assert data["server_exit_code"] == 0 and data["failed_calls"] == 0
-    assert data["frames"]["sent"] == 4 * 2 * 150
+    assert data["frames"]["sent"] == 4 * FRAMES_PER_CALL
     # two separate servers, each measured apart, each with its own calls
     assert len(data["worker_cpu_percent"]) == 2
     assert data["live_calls_per_server_mid_window"] == [2, 2]
