@@ -56,10 +56,13 @@ class Definition:
 
 def _docstring_lines(node: ast.AST) -> set[int]:
     body = getattr(node, "body", [])
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        if isinstance(body[0].value.value, str):
-            first = body[0]
-            return set(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    first = body[0] if body else None
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        return set(range(first.lineno, (first.end_lineno or first.lineno) + 1))
     return set()
 
 
@@ -78,12 +81,12 @@ def _data_lines(node: ast.AST) -> set[int]:
     return lines
 
 
-def _measure(node: ast.AST, nested: Sequence[ast.AST]) -> tuple[int, int]:
-    start = node.lineno  # type: ignore[attr-defined]
-    decorators = getattr(node, "decorator_list", [])
+def _measure(node: ast.stmt, nested: Sequence[ast.AST]) -> tuple[int, int]:
+    start = node.lineno
+    decorators: list[ast.expr] = getattr(node, "decorator_list", [])
     if decorators:
         start = min(start, *(d.lineno for d in decorators))
-    end: int = node.end_lineno or start  # type: ignore[attr-defined]
+    end = node.end_lineno or start
     span = end - start + 1
     excluded = _docstring_lines(node) | _data_lines(node)
     # A nested function's docstring is not the outer one's code either.

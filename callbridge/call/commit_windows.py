@@ -104,6 +104,21 @@ class _Window:
             if w.type == "word"
         )
 
+    def new_connection(self) -> int:
+        """Forget this window's place on the old connection's session clock. Returns the
+        audio at risk there (dropped from retention, never answered): lost now."""
+        self.session_ms = None
+        self.inserted.clear()
+        at_risk, self.at_risk_ms = self.at_risk_ms, 0
+        return at_risk
+
+    def drop_head(self, nbytes: int) -> int:
+        """Drop up to ``nbytes`` of the oldest retained audio: returns its ms."""
+        drop = min(len(self.audio), nbytes)
+        del self.audio[:drop]
+        self.base += drop
+        return drop // BYTES_PER_MS
+
     def release_audio(self) -> int:
         """Forget the retained audio (answered): returns its ms."""
         ms = len(self.audio) // BYTES_PER_MS
@@ -129,6 +144,15 @@ class _Commit:
 
 def _nothing() -> None:
     return None
+
+
+def _remove(windows: deque[_Window], window: _Window) -> None:
+    """Take ``window`` out of ``windows`` if it is there (it is usually the oldest)."""
+    if windows and windows[0] is window:
+        windows.popleft()
+        return
+    with contextlib.suppress(ValueError):
+        windows.remove(window)
 
 
 Resolution = tuple["_Window | None", CommittedTranscript]
@@ -420,8 +444,7 @@ class CommitWindowLedger:
         current, self._current = self._current, None
         if current is not None and not current.committed:
             if current.segment is None:
-                with contextlib.suppress(ValueError):
-                    self._windows.remove(current)
+                _remove(self._windows, current)
             else:
                 self._current = current
                 self.commit(current.segment)
@@ -455,11 +478,7 @@ class CommitWindowLedger:
         self.answers = 0
         kept: deque[_Window] = deque()
         for window in self._windows:
-            window.session_ms = None
-            window.inserted.clear()
-            if window.at_risk_ms:  # the failed connection never answered it: now it is lost
-                self._count_lost(window.at_risk_ms)
-                window.at_risk_ms = 0
+            self._count_lost(window.new_connection())  # at risk on the failed connection
             if window.segment is None:
                 continue  # idle silence: nothing to replay
             kept.append(window)
@@ -540,14 +559,12 @@ class CommitWindowLedger:
         limit = self._retain_limit_ms
         for window in self._windows:
             while window.audio and self._retained_ms > limit:
-                drop = min(len(window.audio), FRAME_BYTES)
-                del window.audio[:drop]
-                window.base += drop
-                self._retained_ms -= drop // BYTES_PER_MS
+                dropped_ms = window.drop_head(FRAME_BYTES)
+                self._retained_ms -= dropped_ms
                 if self._connected:
-                    window.at_risk_ms += drop // BYTES_PER_MS
+                    window.at_risk_ms += dropped_ms
                 else:
-                    self._count_lost(drop // BYTES_PER_MS)
+                    self._count_lost(dropped_ms)
             if self._retained_ms <= limit:
                 break
 
@@ -593,11 +610,7 @@ class CommitWindowLedger:
         if window.commit_sent_at is not None:
             self._metrics.commit_latency.observe(self._clock() - window.commit_sent_at)
             window.commit_sent_at = None  # with timestamps, one answer comes in two messages
-        if self._windows and self._windows[0] is window:
-            self._windows.popleft()
-        else:
-            with contextlib.suppress(ValueError):
-                self._windows.remove(window)
+        _remove(self._windows, window)
         self._retained_ms -= len(window.audio) // BYTES_PER_MS
         if window.segment is not None:
             self._deliver(window, " ".join(t for t in window.texts if t), window.language_code)

@@ -176,38 +176,46 @@ class SegmentTranscriber:
                 self._log.exception("scribe.connect_crashed")
                 self._ledger.give_up(f"transcriber failed: {type(exc).__name__}: {exc}")
                 return
-            self.connections += 1
-            self._metrics.scribe_connections.inc()
-            if self.connections > 1:
-                self.reconnects += 1
-                self._metrics.scribe_reconnects.inc()
-            try:
-                await self._serve(conn)
-            except ScribeError as exc:
-                self._ledger.connection_lost()
-                await conn.close()
-                if not self._retryable(exc):
-                    return
-                if self._ledger.answers:
-                    failures = 0  # the session worked for a while: start the backoff afresh
-                failures += 1
-                self._log_lost_session(exc, failures)
-                self._ledger.settle()
-                await self._backoff(failures)
-                continue
-            except asyncio.CancelledError:
-                self._ledger.connection_lost()
-                _close_in_background(conn, 1001, "call aborted")
-                raise
-            except Exception as exc:  # a bug: degrade this call, keep the bridge running
-                self._ledger.connection_lost()
-                self._log.exception("scribe.stream_crashed")
-                _close_in_background(conn, 1011, "client error")
-                self._ledger.give_up(f"transcriber failed: {type(exc).__name__}: {exc}")
+            self._count_connection()
+            lost = await self._session(conn)
+            if lost is None:
                 return
+            if self._ledger.answers:
+                failures = 0  # the session worked for a while: start the backoff afresh
+            failures += 1
+            _log_lost_session(self._log, lost, failures, self._ledger.unanswered)
+            self._ledger.settle()
+            await self._backoff(failures)
+
+    def _count_connection(self) -> None:
+        self.connections += 1
+        self._metrics.scribe_connections.inc()
+        if self.connections > 1:
+            self.reconnects += 1
+            self._metrics.scribe_reconnects.inc()
+
+    async def _session(self, conn: ScribeConnection) -> ScribeError | None:
+        """Serves one connection and closes it. Returns the retryable error that lost it,
+        or None when the call is done with Scribe (every window answered, or given up)."""
+        try:
+            await self._serve(conn)
+        except ScribeError as exc:
             self._ledger.connection_lost()
-            await conn.close(1000, "call ended")
-            return
+            await conn.close()
+            return exc if self._retryable(exc) else None
+        except asyncio.CancelledError:
+            self._ledger.connection_lost()
+            _close_in_background(conn, 1001, "call aborted")
+            raise
+        except Exception as exc:  # a bug: degrade this call, keep the bridge running
+            self._ledger.connection_lost()
+            self._log.exception("scribe.stream_crashed")
+            _close_in_background(conn, 1011, "client error")
+            self._ledger.give_up(f"transcriber failed: {type(exc).__name__}: {exc}")
+            return None
+        self._ledger.connection_lost()
+        await conn.close(1000, "call ended")
+        return None
 
     async def _serve(self, conn: ScribeConnection) -> None:
         """One connection, until the call is done (returns) or it fails (raises)."""
@@ -237,25 +245,6 @@ class SegmentTranscriber:
             self._log.error("scribe.failed", kind=exc.kind, detail=exc.detail, retryable=False)
             self._ledger.give_up(f"scribe {exc.kind}: {exc.detail}")
         return exc.retryable
-
-    def _log_lost_session(self, exc: ScribeError, attempt: int) -> None:
-        if exc.kind == "commit_throttled":
-            # Every commit the ledger hands out carries ≥ 0.3 s, so this is a bug (or a new
-            # rule of the service): the session is lost, replay recovers.
-            self._log.error(
-                "scribe.commit_throttled",
-                detail=exc.detail,
-                close_code=exc.close_code,
-                unanswered=self._ledger.unanswered,
-            )
-        self._log.warning(
-            "scribe.retrying",
-            kind=exc.kind,
-            detail=exc.detail,
-            close_code=exc.close_code,
-            attempt=attempt,
-            unanswered=self._ledger.unanswered,
-        )
 
     async def _backoff(self, failures: int) -> None:
         s = self._settings
@@ -322,6 +311,28 @@ class SegmentTranscriber:
                 segment = ledger.segment_on_air()
                 if segment is not None:
                     self._on_partial(segment, message.text)
+
+
+def _log_lost_session(
+    log: structlog.stdlib.BoundLogger, exc: ScribeError, attempt: int, unanswered: int
+) -> None:
+    if exc.kind == "commit_throttled":
+        # Every commit the ledger hands out carries ≥ 0.3 s, so this is a bug (or a new
+        # rule of the service): the session is lost, replay recovers.
+        log.error(
+            "scribe.commit_throttled",
+            detail=exc.detail,
+            close_code=exc.close_code,
+            unanswered=unanswered,
+        )
+    log.warning(
+        "scribe.retrying",
+        kind=exc.kind,
+        detail=exc.detail,
+        close_code=exc.close_code,
+        attempt=attempt,
+        unanswered=unanswered,
+    )
 
 
 _CLOSERS: set[asyncio.Task[None]] = set()
