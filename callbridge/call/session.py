@@ -128,6 +128,80 @@ def scribe_options(settings: ScribeSettings) -> ScribeOptions:
     )
 
 
+def _transcriber_settings(settings: Settings) -> TranscriberSettings:
+    return TranscriberSettings(
+        chunk_ms=settings.scribe.chunk_ms,
+        min_commit_interval_s=settings.turns.min_commit_interval_ms / 1000.0,
+        max_send_speed=settings.turns.catchup_speed,
+        retain_limit_ms=settings.turns.backlog_limit_s * 1000,
+    )
+
+
+_CommitSegment = Callable[[PlannedSegment, str, tuple[Word, ...], str | None], None]
+
+
+class _RedactionHold:
+    """The call's redaction stage (``CALLBRIDGE_REDACT``) and its one timer: segments are
+    committed redacted, in order; one ending in a number that may go on waits at most the
+    hold for the speaker's next one."""
+
+    def __init__(self, redactor: Redactor, hold_s: float, commit: _CommitSegment) -> None:
+        self._stage: SegmentRedactionStage[tuple[PlannedSegment, str | None]] = (
+            SegmentRedactionStage(redactor, hold_s)
+        )
+        self._commit = commit
+        self._timer: asyncio.TimerHandle | None = None
+
+    def push(
+        self,
+        segment: PlannedSegment,
+        text: str,
+        words: tuple[Word, ...],
+        language_code: str | None,
+    ) -> None:
+        now = asyncio.get_running_loop().time()
+        self._release(
+            self._stage.push((segment, language_code), str(segment.track), text, words, now)
+        )
+
+    def _release(self, released: list[tuple[tuple[PlannedSegment, str | None], Redacted]]) -> None:
+        for (segment, language_code), redacted in released:
+            self._commit(segment, redacted.text, redacted.words, language_code)
+        self._schedule_expiry()
+
+    def _schedule_expiry(self) -> None:
+        """One timer per call, at the earliest hold's end (not per frame: per held segment)."""
+        self.cancel()
+        deadline = self._stage.next_deadline
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._release(self._stage.expire(asyncio.get_running_loop().time()))
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def flush(self, log: structlog.stdlib.BoundLogger) -> None:
+        """At the call's end: every held segment leaves (redacted to be safe)."""
+        self.cancel()
+        now = asyncio.get_running_loop().time()
+        for (segment, language_code), redacted in self._stage.flush(now):
+            self._commit(segment, redacted.text, redacted.words, language_code)
+        stats = self._stage.stats
+        if stats.found or stats.held:
+            log.info(
+                "redaction.summary",
+                found={str(kind): count for kind, count in stats.found.items()},
+                held=stats.held,
+                hold_expired=stats.expired,
+                max_added_ms=round(stats.max_added_s * 1000),
+            )
+
+
 class CallSession:
     """Runs one call's pipeline; created on Twilio's ``start``, finished exactly once."""
 
@@ -154,19 +228,11 @@ class CallSession:
             Track.INBOUND: settings.speakers.inbound_label,
             Track.OUTBOUND: settings.speakers.outbound_label,
         }
-        s = settings.scribe
-        options = scribe_options(s)
         self._metrics = metrics
         self._partials = partials
         self._transcriber = SegmentTranscriber(
-            options,
-            transcriber_settings
-            or TranscriberSettings(
-                chunk_ms=s.chunk_ms,
-                min_commit_interval_s=settings.turns.min_commit_interval_ms / 1000.0,
-                max_send_speed=settings.turns.catchup_speed,
-                retain_limit_ms=settings.turns.backlog_limit_s * 1000,
-            ),
+            scribe_options(settings.scribe),
+            transcriber_settings or _transcriber_settings(settings),
             self._on_transcript,
             connect=connect or ScribeConnection.open,
             log=self.log,
@@ -180,12 +246,11 @@ class CallSession:
         self._sequence = 0
         self._empty_transcripts = 0
         kinds = parse_kinds(settings.redaction.kinds)
-        self._redaction: SegmentRedactionStage[tuple[PlannedSegment, str | None]] | None = (
-            SegmentRedactionStage(Redactor(kinds), settings.redaction.hold_ms / 1000.0)
+        self._redaction = (
+            _RedactionHold(Redactor(kinds), settings.redaction.hold_ms / 1000.0, self._commit)
             if kinds
             else None
         )
-        self._redaction_timer: asyncio.TimerHandle | None = None
         if writers is None:
             writers = EventWriters(WriterSettings(journal_dir=Path(settings.database.journal_dir)))
         self._writers = writers
@@ -260,60 +325,19 @@ class CallSession:
                     self._place(track, self._clocks[track], start_ms, frame)
             self._segmenter.finish()
             await self._transcriber.drain(self._drain_timeout())
-            self._flush_redaction()
+            if self._redaction is not None:
+                self._redaction.flush(self.log)
             if self._audio is not None:
                 await self._audio.close()  # written and fsync-ed before the pass is enqueued
-            degraded = self._transcriber.degraded
-            lost_ms = self._segmenter.lost_ms + self._transcriber.lost_ms
-            ended = CallEnded(
-                call_sid=self.stream.call_sid,
-                stream_sid=self.stream.stream_sid,
-                ended_at=utc_now(),
-                duration_ms=self._stream_end_ms,
-                reason=EndReason.ERROR if degraded and reason is EndReason.STOP else reason,
-                segments=self._sequence,
-                empty_transcripts=self._empty_transcripts,
-                untranscribed_turns=self._transcriber.untranscribed,
-                activity=tuple(
-                    TrackActivity(t, self._labels[t], self._segmenter.activity(t))
-                    for t in self._segmenter.tracks
-                ),
-                language_code=self._transcriber.language_code,
-                degraded=degraded,
-                audio_lost_ms=lost_ms,
-            )
+            ended = self._ended(reason)
             self._emit(ended)
-            stored = True
-            if self._events is not None:
-                self._events.close()
-                # Stored, or journaled while the store is down (then the writer carries on
-                # in the background): the call's end never waits for a store outage.
-                stored = await self._events.settled()
-            if not stored:
-                self.log.warning("call.events_pending_store", journaled=True)
-            if degraded or lost_ms:
-                self.log.warning("call.degraded", degraded=degraded, audio_lost_ms=lost_ms)
-            self.log.info(
-                "call.finished",
-                reason=str(ended.reason),
-                segments=ended.segments,
-                empty_transcripts=ended.empty_transcripts,
-                duration_ms=ended.duration_ms,
-                degraded=degraded,
-                audio_lost_ms=lost_ms,
-                gap_filled_ms=sum(c.filled_ms for c in self._clocks.values()),
-                gap_skipped_ms=sum(c.skipped_ms for c in self._clocks.values()),
-                duplicate_frames=sum(c.duplicates for c in self._clocks.values()),
-                ignored_frames=self.ignored_frames,
-                odd_payloads=sum(a.odd_payloads for a in self._aligners.values()),
-                empty_payloads=sum(a.empty_payloads for a in self._aligners.values()),
-                reconnects=self._transcriber.reconnects,
-            )
+            await self._settle_events()
+            self._log_finished(ended)
             self._finished.set_result(ended)
             return ended
         except BaseException as exc:
-            if self._redaction_timer is not None:
-                self._redaction_timer.cancel()
+            if self._redaction is not None:
+                self._redaction.cancel()
             if self._audio is not None:
                 await asyncio.shield(self._audio.close())
             self._finished.set_exception(exc)
@@ -321,6 +345,57 @@ class CallSession:
                 await self._events.stop()  # journals what it holds
             await self._transcriber.abort()
             raise
+
+    def _ended(self, reason: EndReason) -> CallEnded:
+        degraded = self._transcriber.degraded
+        return CallEnded(
+            call_sid=self.stream.call_sid,
+            stream_sid=self.stream.stream_sid,
+            ended_at=utc_now(),
+            duration_ms=self._stream_end_ms,
+            reason=EndReason.ERROR if degraded and reason is EndReason.STOP else reason,
+            segments=self._sequence,
+            empty_transcripts=self._empty_transcripts,
+            untranscribed_turns=self._transcriber.untranscribed,
+            activity=tuple(
+                TrackActivity(t, self._labels[t], self._segmenter.activity(t))
+                for t in self._segmenter.tracks
+            ),
+            language_code=self._transcriber.language_code,
+            degraded=degraded,
+            audio_lost_ms=self._segmenter.lost_ms + self._transcriber.lost_ms,
+        )
+
+    async def _settle_events(self) -> None:
+        """Close the call's events: stored, or journaled while the store is down (then the
+        writer carries on in the background): the call's end never waits for a store outage."""
+        if self._events is None:
+            return
+        self._events.close()
+        if not await self._events.settled():
+            self.log.warning("call.events_pending_store", journaled=True)
+
+    def _log_finished(self, ended: CallEnded) -> None:
+        degraded, lost_ms = ended.degraded, ended.audio_lost_ms
+        if degraded or lost_ms:
+            self.log.warning("call.degraded", degraded=degraded, audio_lost_ms=lost_ms)
+        clocks, aligners = self._clocks.values(), self._aligners.values()
+        self.log.info(
+            "call.finished",
+            reason=str(ended.reason),
+            segments=ended.segments,
+            empty_transcripts=ended.empty_transcripts,
+            duration_ms=ended.duration_ms,
+            degraded=degraded,
+            audio_lost_ms=lost_ms,
+            gap_filled_ms=sum(c.filled_ms for c in clocks),
+            gap_skipped_ms=sum(c.skipped_ms for c in clocks),
+            duplicate_frames=sum(c.duplicates for c in clocks),
+            ignored_frames=self.ignored_frames,
+            odd_payloads=sum(a.odd_payloads for a in aligners),
+            empty_payloads=sum(a.empty_payloads for a in aligners),
+            reconnects=self._transcriber.reconnects,
+        )
 
     def _drain_timeout(self) -> float:
         s = self.settings
@@ -336,58 +411,10 @@ class CallSession:
             # stored, not sent; counted for the call's figures.
             self._empty_transcripts += 1
             return
-        stage = self._redaction
-        if stage is None:
+        if self._redaction is None:
             self._commit(segment, text, words, language_code)
-            return
-        now = asyncio.get_running_loop().time()
-        self._commit_redacted(
-            stage.push((segment, language_code), str(segment.track), text, words, now)
-        )
-
-    def _commit_redacted(
-        self, released: list[tuple[tuple[PlannedSegment, str | None], Redacted]]
-    ) -> None:
-        for (segment, language_code), redacted in released:
-            self._commit(segment, redacted.text, redacted.words, language_code)
-        self._schedule_redaction_expiry()
-
-    def _schedule_redaction_expiry(self) -> None:
-        """One timer per call, at the earliest hold's end (not per frame: per held segment)."""
-        stage = self._redaction
-        if self._redaction_timer is not None:
-            self._redaction_timer.cancel()
-            self._redaction_timer = None
-        deadline = stage.next_deadline if stage is not None else None
-        if deadline is not None:
-            self._redaction_timer = asyncio.get_running_loop().call_at(
-                deadline, self._expire_redaction
-            )
-
-    def _expire_redaction(self) -> None:
-        self._redaction_timer = None
-        if self._redaction is not None:
-            now = asyncio.get_running_loop().time()
-            self._commit_redacted(self._redaction.expire(now))
-
-    def _flush_redaction(self) -> None:
-        """At the call's end: every held segment leaves (redacted to be safe)."""
-        if self._redaction_timer is not None:
-            self._redaction_timer.cancel()
-            self._redaction_timer = None
-        if self._redaction is not None:
-            now = asyncio.get_running_loop().time()
-            for (segment, language_code), redacted in self._redaction.flush(now):
-                self._commit(segment, redacted.text, redacted.words, language_code)
-            stats = self._redaction.stats
-            if stats.found or stats.held:
-                self.log.info(
-                    "redaction.summary",
-                    found={str(kind): count for kind, count in stats.found.items()},
-                    held=stats.held,
-                    hold_expired=stats.expired,
-                    max_added_ms=round(stats.max_added_s * 1000),
-                )
+        else:
+            self._redaction.push(segment, text, words, language_code)
 
     def _commit(
         self,
