@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from callbridge.call.session import CallSession, StreamDescription
 from callbridge.context import (
@@ -48,6 +48,7 @@ from callbridge.twilio.protocol import (
     ProtocolError,
     Stop,
     StreamStart,
+    TwilioMessage,
     check_media_format,
     parse_message,
 )
@@ -91,7 +92,6 @@ async def media_websocket(request: web.Request) -> web.StreamResponse:
 
 
 async def _serve_media_socket(app: web.Application, request: web.Request) -> web.StreamResponse:
-    registry = app[REGISTRY]
     settings = app[SETTINGS]
     limits = settings.limits
     ws = web.WebSocketResponse(
@@ -100,80 +100,114 @@ async def _serve_media_socket(app: web.Application, request: web.Request) -> web
         heartbeat=limits.ws_heartbeat_s or None,
     )
     await ws.prepare(request)
-    session: CallSession | None = None
-    reason = EndReason.HANGUP
-    bound = log
-    start_by = asyncio.get_running_loop().time() + limits.start_timeout_s
+    stream = _MediaStream(app, ws, request.remote)
     try:
-        while True:
-            if session is not None:
-                message = await ws.receive()
-            else:
-                try:
-                    message = await ws.receive(start_by - asyncio.get_running_loop().time())
-                except TimeoutError:
-                    registry.refused["start_timeout"] += 1
-                    log.warning(
-                        "media.start_timeout",
-                        peer=request.remote,
-                        start_timeout_s=limits.start_timeout_s,
-                    )
-                    text = f"no start within {limits.start_timeout_s:g} s"
-                    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=_close_reason(text))
-                    break
-            if message.type is WSMsgType.TEXT:
-                try:
-                    event = parse_message(message.data)
-                    if isinstance(event, MediaFrame):
-                        if session is None:
-                            raise ProtocolError("media before start")
-                        session.on_media(event.track, event.timestamp_ms, event.payload)
-                    elif isinstance(event, StreamStart):
-                        if session is not None:
-                            raise ProtocolError("a second start on one stream")
-                        session = await _start_session(app, event, ws)
-                        bound = session.log
-                    elif isinstance(event, Stop):
-                        reason = EndReason.STOP
-                        break
-                    # connected, dtmf, mark and unknown events carry nothing for the bridge
-                except ProtocolError as exc:
-                    code = (
-                        WSCloseCode.UNSUPPORTED_DATA
-                        if exc.reason.startswith(("unsupported", "media format"))
-                        else WSCloseCode.PROTOCOL_ERROR
-                    )
-                    bound.warning("media.protocol_error", reason=exc.reason)
-                    reason = EndReason.ERROR
-                    await ws.close(code=code, message=_close_reason(exc.reason))
-                    break
-                except _StreamRefused as exc:
-                    registry.refused[exc.kind] += 1
-                    bound.warning(
-                        "media.stream_refused", reason=exc.kind, detail=exc.message, **exc.call
-                    )
-                    await ws.close(code=exc.code, message=_close_reason(exc.message))
-                    break
-            elif message.type is WSMsgType.BINARY:
-                bound.warning("media.binary_frame")
-                reason = EndReason.ERROR
-                await ws.close(
-                    code=WSCloseCode.UNSUPPORTED_DATA,
-                    message=b"binary frames are not part of the Media Streams protocol",
-                )
-                break
-            elif message.type is WSMsgType.ERROR:
-                bound.warning("media.socket_error", error=str(ws.exception()))
-                reason = EndReason.ERROR
-                break
-            elif message.type in _CLOSED:
-                break
+        await stream.run(asyncio.get_running_loop().time() + limits.start_timeout_s)
     finally:
-        if session is not None:
-            await asyncio.shield(_end_session(app, session, reason))
+        if stream.session is not None:
+            await asyncio.shield(_end_session(app, stream.session, stream.reason))
     if not ws.closed:
         await ws.close(code=WSCloseCode.OK, message=b"stream ended")
     return ws
+
+
+class _MediaStream:
+    """One socket's Media Streams messages, read until the stream ends: :attr:`session`
+    once ``start`` came, :attr:`reason` how the call's stream ended."""
+
+    def __init__(self, app: web.Application, ws: web.WebSocketResponse, peer: str | None) -> None:
+        self._app = app
+        self._ws = ws
+        self._peer = peer
+        self._log: structlog.stdlib.BoundLogger = log  # bound to the call once it started
+        self.session: CallSession | None = None
+        self.reason = EndReason.HANGUP
+
+    async def run(self, start_by: float) -> None:
+        ws = self._ws
+        while True:
+            if self.session is not None:
+                message = await ws.receive()
+            else:
+                received = await self._receive_start(start_by)
+                if received is None:
+                    return
+                message = received
+            if message.type is WSMsgType.TEXT:
+                try:
+                    event = parse_message(message.data)
+                    if isinstance(event, MediaFrame):  # the per-frame path, kept inline
+                        if self.session is None:
+                            raise ProtocolError("media before start")
+                        self.session.on_media(event.track, event.timestamp_ms, event.payload)
+                    elif not await self._event(event):
+                        return
+                except ProtocolError as exc:
+                    await self._protocol_error(exc)
+                    return
+                except _StreamRefused as exc:
+                    await self._refuse(exc)
+                    return
+            elif not await self._other(message):
+                return
+
+    async def _receive_start(self, start_by: float) -> WSMessage | None:
+        """The next message while no ``start`` came, or None: none came in time."""
+        try:
+            return await self._ws.receive(start_by - asyncio.get_running_loop().time())
+        except TimeoutError:
+            limits = self._app[SETTINGS].limits
+            self._app[REGISTRY].refused["start_timeout"] += 1
+            log.warning(
+                "media.start_timeout", peer=self._peer, start_timeout_s=limits.start_timeout_s
+            )
+            text = f"no start within {limits.start_timeout_s:g} s"
+            await self._ws.close(code=WSCloseCode.POLICY_VIOLATION, message=_close_reason(text))
+            return None
+
+    async def _event(self, event: TwilioMessage) -> bool:
+        """Any message but media; False: the stream has ended."""
+        if isinstance(event, StreamStart):
+            if self.session is not None:
+                raise ProtocolError("a second start on one stream")
+            self.session = await _start_session(self._app, event, self._ws)
+            self._log = self.session.log
+        elif isinstance(event, Stop):
+            self.reason = EndReason.STOP
+            return False
+        # connected, dtmf, mark and unknown events carry nothing for the bridge
+        return True
+
+    async def _protocol_error(self, exc: ProtocolError) -> None:
+        code = (
+            WSCloseCode.UNSUPPORTED_DATA
+            if exc.reason.startswith(("unsupported", "media format"))
+            else WSCloseCode.PROTOCOL_ERROR
+        )
+        self._log.warning("media.protocol_error", reason=exc.reason)
+        self.reason = EndReason.ERROR
+        await self._ws.close(code=code, message=_close_reason(exc.reason))
+
+    async def _refuse(self, exc: _StreamRefused) -> None:
+        self._app[REGISTRY].refused[exc.kind] += 1
+        self._log.warning("media.stream_refused", reason=exc.kind, detail=exc.message, **exc.call)
+        await self._ws.close(code=exc.code, message=_close_reason(exc.message))
+
+    async def _other(self, message: WSMessage) -> bool:
+        """A message that is not text; False: the stream has ended."""
+        if message.type is WSMsgType.BINARY:
+            self._log.warning("media.binary_frame")
+            self.reason = EndReason.ERROR
+            await self._ws.close(
+                code=WSCloseCode.UNSUPPORTED_DATA,
+                message=b"binary frames are not part of the Media Streams protocol",
+            )
+            return False
+        if message.type is WSMsgType.ERROR:
+            self._log.warning("media.socket_error", error=str(self._ws.exception()))
+            self.reason = EndReason.ERROR
+            return False
+        return message.type not in _CLOSED
 
 
 async def _end_session(app: web.Application, session: CallSession, reason: EndReason) -> None:
