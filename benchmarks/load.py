@@ -321,20 +321,29 @@ class PostgresCpu:
             await conn.close()
         return [row["pid"] for row in rows]
 
-    async def sample(self) -> tuple[float, dict[int, float]]:
-        """(the server's CPU seconds, CPU seconds per benchmark backend)."""
+    async def sample(self) -> tuple[dict[int, float], dict[int, float]]:
+        """(CPU seconds per server process, CPU seconds per benchmark backend)."""
         backends = await self.backend_pids()
-        server = sum(cpu_or_zero(pid) for pid in postgres_pids())
+        server = {pid: cpu_or_zero(pid) for pid in postgres_pids()}
         return server, {pid: cpu_or_zero(pid) for pid in backends}
 
     @staticmethod
     def delta(
-        before: tuple[float, dict[int, float]], after: tuple[float, dict[int, float]]
+        before: tuple[dict[int, float], dict[int, float]],
+        after: tuple[dict[int, float], dict[int, float]],
     ) -> tuple[float, float, int]:
-        """(server CPU s, benchmark backends' CPU s, backends) between two samples."""
-        backends = after[1].keys() | before[1].keys()
-        used = sum(max(0.0, after[1].get(p, 0.0) - before[1].get(p, 0.0)) for p in backends)
-        return after[0] - before[0], used, len(after[1])
+        """(server CPU s, benchmark backends' CPU s, backends) between two samples.
+
+        Per process: a backend that ended during the window (another client's connection)
+        takes its whole CPU with it, so sums of the two samples could even go negative; one
+        that started counts from zero."""
+        server = _grew(before[0], after[0])
+        return server, _grew(before[1], after[1]), len(after[1])
+
+
+def _grew(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds the processes alive at the end used since the first sample (or their start)."""
+    return sum(max(0.0, cpu - before.get(pid, 0.0)) for pid, cpu in after.items())
 
 
 def trees_mem_kb(pids: Sequence[int]) -> dict[str, int]:
