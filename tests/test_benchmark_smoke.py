@@ -259,3 +259,17 @@ def test_ai_summary_benchmark_reports_tokens_and_time(tmp_path: Path) -> None:
     assert long_call["parts"] > 1
     assert long_call["usage"]["requests"] > long_call["parts"]  # the parts, then combining
     assert long_call["estimated_prompt_tokens"] >= long_call["usage"]["prompt_tokens"]
+
+
+def test_ws_heartbeat_benchmark_reports_the_cost_per_chunk(tmp_path: Path) -> None:
+    out = tmp_path / "ws_heartbeat.json"
+    args = ["--chunks", "2000", "--rounds", "2", "--json", str(out)]
+    result = run_benchmark("ws_heartbeat.py", *args, cwd=tmp_path)
+    for label in ("heartbeat off", "heartbeat 30 s", "added by the heartbeat", "per call-second"):
+        assert label in result.stdout
+    figures = json.loads(out.read_text())
+    off, on = figures["us_per_chunk"]["off"], figures["us_per_chunk"]["on"]
+    assert len(off) == len(on) == 2 and min(off) > 0 and min(on) > 0
+    assert figures["added_ms_per_call_second"] == pytest.approx(
+        figures["added_us_per_chunk"] * 100 / 1000
+    )
