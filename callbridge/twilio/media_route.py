@@ -53,7 +53,7 @@ from callbridge.twilio.protocol import (
     parse_message,
 )
 from callbridge.twilio.signatures import SIGNATURE_CHECKER
-from callbridge.twilio.stream_auth import split_parameters, token_matches
+from callbridge.twilio.stream_auth import StreamParameters, split_parameters, token_matches
 
 log = structlog.get_logger("callbridge.twilio.media_route")
 
@@ -270,25 +270,7 @@ async def _start_session(
             raise _StreamRefused(
                 "live_elsewhere", "this call has a live media stream in another process", start
             )
-        session = CallSession(
-            settings,
-            StreamDescription(
-                call_sid=call_sid,
-                stream_sid=start.stream_sid,
-                account_sid=start.account_sid,
-                tracks=start.tracks,
-                custom_parameters=params.custom,
-                from_number=params.from_number,
-                to_number=params.to_number,
-            ),
-            app[SINK],
-            writers=app[EVENT_WRITERS],
-            metrics=app[METRICS],
-            partials=app[LIVE_FEED].partial,
-            audio=spool.open(call_sid, [str(t) for t in start.tracks])
-            if (spool := app.get(AUDIO_SPOOL)) is not None
-            else None,
-        )
+        session = _new_session(app, start, params)
         registry.add(session, ws)
     except BaseException:
         registry.unreserve(call_sid)
@@ -297,3 +279,27 @@ async def _start_session(
         raise
     session.start()
     return session
+
+
+def _new_session(app: web.Application, start: StreamStart, params: StreamParameters) -> CallSession:
+    """The call's session: the stream as plain values, the bridge's parameters taken out."""
+    spool = app.get(AUDIO_SPOOL)
+    return CallSession(
+        app[SETTINGS],
+        StreamDescription(
+            call_sid=start.call_sid,
+            stream_sid=start.stream_sid,
+            account_sid=start.account_sid,
+            tracks=start.tracks,
+            custom_parameters=params.custom,
+            from_number=params.from_number,
+            to_number=params.to_number,
+        ),
+        app[SINK],
+        writers=app[EVENT_WRITERS],
+        metrics=app[METRICS],
+        partials=app[LIVE_FEED].partial,
+        audio=spool.open(start.call_sid, [str(t) for t in start.tracks])
+        if spool is not None
+        else None,
+    )
