@@ -360,9 +360,10 @@ async def test_a_crashed_runners_job_is_taken_over_after_its_lease(harness: Harn
 
 
 async def test_a_handler_that_lost_its_lease_is_cancelled(harness: Harness) -> None:
-    cancelled = asyncio.Event()
+    started, cancelled = asyncio.Event(), asyncio.Event()
 
     async def handle(context: JobContext) -> None:
+        started.set()
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
@@ -372,7 +373,10 @@ async def test_a_handler_that_lost_its_lease_is_cancelled(harness: Harness) -> N
     runner = harness.runner(JobKind("work", handle, lease_s=30.0), owner="r1")
     await runner.start()
     await harness.enqueue(NewJob("work", "CA1"))
-    await eventually(lambda: harness.status_is("CA1", JobStatus.RUNNING))
+    # The handler runs, so the claim loop that started it is back to waiting: the job
+    # released below cannot be claimed again by r1 before r2 takes it.
+    await eventually(lambda: _true_if(started.is_set()))
+    assert await harness.status_is("CA1", JobStatus.RUNNING)
     # Someone else holds the job now (the lease was taken over while this runner stalled).
     await harness.store.jobs.release("r1")
     await harness.store.jobs.claim("work", as_datetime(START), 1, "r2", 300.0)
