@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/load.py [--calls 10,50 --duration 15 --rounds 3 --json out.json]
 
 For every N, once per system of ``--systems`` (``bridge`` = ``python -m callbridge serve``;
-``bridge-nometrics`` = the same with ``CALLBRIDGE_METRICS_ENABLED=false``; ``relay`` = the
-minimal pass-through relay below; optionally ``receive``, the relay's floor), on 127.0.0.1
-only:
+``bridge-nometrics`` = the same with ``CALLBRIDGE_METRICS_ENABLED=false``; ``bridge-b`` = the
+same with ``--b-env`` added, e.g. ``PYTHONPATH`` pointing at another checkout, to compare two
+builds in one run; ``relay`` = the minimal pass-through relay below; optionally ``receive``,
+the relay's floor), on 127.0.0.1 only:
 
 * a *fixtures* process runs the Scribe emulator (``callbridge.testing.scribe_emulator``,
   default ``duration`` transcriber, partials off unless ``--partials-ms``) and a webhook
@@ -126,7 +127,7 @@ TAG_MAGIC = (0xF5, 0x7A)
 TAG_BYTES = 8  # magic (2) + 6 × 5 bits: call (10 bits), track (1), frame (19)
 MAX_CALLS = 1024
 TRACKS = (Track.INBOUND, Track.OUTBOUND)
-SYSTEMS = ("bridge", "bridge-nometrics", "relay", "receive")
+SYSTEMS = ("bridge", "bridge-b", "bridge-nometrics", "relay", "receive")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HERE = Path(__file__).resolve()
 
@@ -762,7 +763,8 @@ async def _run_phase(
             )
             if phase.system == "bridge-nometrics":
                 env["CALLBRIDGE_METRICS_ENABLED"] = "false"
-            for item in args.server_env:
+            extra = args.server_env + (args.b_env if phase.system == "bridge-b" else [])
+            for item in extra:
                 key, _, value = item.partition("=")
                 env[key] = value
             command = [sys.executable, "-m", "callbridge", "serve", "--workers", str(args.workers)]
@@ -796,7 +798,7 @@ async def _run_phase(
             await asyncio.sleep(1.0)
             idle = trees_mem_kb(pids)
             scraper = None
-            if phase.system == "bridge":
+            if phase.system in ("bridge", "bridge-b"):
                 scraper = asyncio.create_task(_scrape_metrics(http, bases, phase))
             try:
                 result, profiler = await _generate(
@@ -859,7 +861,7 @@ async def _run_phase(
 
 
 def is_bridge(system: str) -> bool:
-    return system in ("bridge", "bridge-nometrics")
+    return system in ("bridge", "bridge-b", "bridge-nometrics")
 
 
 async def _scrape_metrics(http: aiohttp.ClientSession, bases: Sequence[str], phase: Phase) -> None:
@@ -1385,6 +1387,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "emulator_partials_ms": args.partials_ms,
         "server_env": list(args.server_env),
+        "b_env": list(args.b_env),
         "instances": args.instances,
         "database": "postgresql" if args.database != "sqlite" else "sqlite",
         "conversation": {
@@ -1469,8 +1472,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--systems",
         default="bridge,relay",
-        help="bridge,relay (the default), or any of bridge, bridge-nometrics (metrics off), "
-        "relay and receive (the floor: receive and decode each Twilio frame, forward nothing)",
+        help="bridge,relay (the default), or any of bridge, bridge-b (with --b-env), "
+        "bridge-nometrics (metrics off), relay and receive (the floor: receive and decode each "
+        "Twilio frame, forward nothing)",
     )
     parser.add_argument(
         "--partials-ms", type=int, default=0, help="emulator partial interval (0: none)"
@@ -1482,6 +1486,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--server-env", action="append", default=[], metavar="KEY=VALUE",
         help="extra environment for the bridge (e.g. CALLBRIDGE_SCRIBE_CHUNK_MS=20)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--b-env", action="append", default=[], metavar="KEY=VALUE",
+        help="bridge-b only, after --server-env (e.g. PYTHONPATH=/path/to/other/checkout)",
     )  # fmt: skip
     parser.add_argument(
         "--pin", action=argparse.BooleanOptionalAction, default=False,

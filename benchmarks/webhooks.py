@@ -1,7 +1,9 @@
 """Webhook delivery benchmark on SQLite: sustained throughput and commit-to-POST latency.
 
     .venv/bin/python benchmarks/webhooks.py [--calls 100 --segments 30 --rate 300 --seconds 10]
-        [--same-process]
+        [--same-process] [--json out.json]
+    .venv/bin/python benchmarks/webhooks.py --variant A=/checkout/a --variant B=/checkout/b \
+        --pairs 5 [the options above]
 
 Throughput: ``--calls`` calls commit ``--segments`` segments each as fast as they can
 (interleaved, each call in order) through :class:`StoreSink`; events/s is every event
@@ -16,6 +18,11 @@ CPU: this process's CPU (all threads, and the event loop's thread alone) over th
 per segment; then the same segments are stored again, into a fresh file with no webhook
 target (no events, no deliveries), and the difference is what delivering a webhook costs.
 Both figures include this benchmark's own work per segment (building it, pacing the calls).
+
+Variants: with ``--variant NAME=PATH`` (two or more), this script runs itself ``--pairs``
+times per variant, interleaved (A B A B …), each run a fresh process with ``PYTHONPATH=PATH``
+(so ``callbridge`` is imported from that checkout), and prints every run's figures and, per
+variant, their median and range: two builds compared on the same machine in the same hour.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ import asyncio
 import base64
 import dataclasses
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -182,7 +191,12 @@ async def receiver_here(arrivals: Arrivals) -> AsyncIterator[str]:
         yield receiver.url
 
 
-async def throughput(sink: StoreSink, receiver: Arrivals, calls: int, segments: int) -> None:
+Figures = dict[str, float]
+
+
+async def throughput(
+    sink: StoreSink, receiver: Arrivals, calls: int, segments: int, figures: Figures
+) -> None:
     async def one_call(index: int) -> None:
         call_sid = f"CT{index:032d}"
         await sink.call_started(call_info(call_sid))
@@ -206,6 +220,7 @@ async def throughput(sink: StoreSink, receiver: Arrivals, calls: int, segments: 
         " (first commit → last POST)"
     )
     print(f"  invalid signatures: {invalid}")
+    figures["burst_events_per_s"] = total / (finished - started)
 
 
 @dataclass
@@ -225,7 +240,12 @@ class CpuMeter:
 
 
 async def latency(
-    sink: StoreSink, receiver: Arrivals | None, calls: int, rate: float, seconds: float
+    sink: StoreSink,
+    receiver: Arrivals | None,
+    calls: int,
+    rate: float,
+    seconds: float,
+    figures: Figures | None = None,
 ) -> tuple[int, CpuMeter]:
     """Segments at ``rate``; with a receiver, their commit → arrival latency. Returns the
     number of segments and the CPU this process spent committing (and delivering) them."""
@@ -264,6 +284,9 @@ async def latency(
         f"  commit → POST arrival: p50 {statistics.median(samples):.2f} ms, "
         f"p99 {percentile(samples, 0.99):.2f} ms, max {max(samples):.2f} ms"
     )
+    if figures is not None:
+        figures["p50_ms"] = statistics.median(samples)
+        figures["p99_ms"] = percentile(samples, 0.99)
     return len(committed_at), cpu
 
 
@@ -292,13 +315,23 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--db", type=Path, default=None, help="SQLite file (default: a temp dir)")
     parser.add_argument("--same-process", action="store_true", help="receiver on this loop")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="NAME=PATH",
+        help="run once per variant with PYTHONPATH=PATH, --pairs times, interleaved",
+    )  # fmt: skip
+    parser.add_argument("--pairs", type=int, default=3, help="runs per variant (3)")
     parser.add_argument("--receiver-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     configure_logging("console", "warning")
     if args.receiver_only:
         await run_receiver_process()
         return
+    if args.variant:
+        await compare_variants(args)
+        return
 
+    figures: Figures = {}
     arrivals = Arrivals()
     receiver = receiver_here(arrivals) if args.same_process else receiver_process(arrivals)
     with tempfile.TemporaryDirectory() as tmp:
@@ -312,8 +345,10 @@ async def main() -> None:
             where = "this process" if args.same_process else "its own process"
             try:
                 print(f"python {sys.version.split()[0]}, SQLite at {db}, receiver in {where}")
-                await throughput(sink, arrivals, args.calls, args.segments)
-                events, cpu = await latency(sink, arrivals, args.calls, args.rate, args.seconds)
+                await throughput(sink, arrivals, args.calls, args.segments, figures)
+                events, cpu = await latency(
+                    sink, arrivals, args.calls, args.rate, args.seconds, figures
+                )
             finally:
                 await dispatcher.stop(5)
                 await store.close()
@@ -329,6 +364,65 @@ async def main() -> None:
         cpu.process / events - cpu_alone.process / alone, cpu.loop / events - cpu_alone.loop / alone
     )
     print(f"  webhook delivery adds: {per_event_us(extra, 1)}")
+    figures["delivery_cpu_us"] = 1e6 * extra.process
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures))
+
+
+FIGURES = (
+    ("burst_events_per_s", "burst events/s", "{:.0f}"),
+    ("p50_ms", "commit → POST p50 ms", "{:.2f}"),
+    ("p99_ms", "p99 ms", "{:.2f}"),
+    ("delivery_cpu_us", "delivery CPU µs", "{:.0f}"),
+)
+
+
+async def compare_variants(args: argparse.Namespace) -> None:
+    """``--variant``: each variant in its own process, ``--pairs`` rounds of A B …"""
+    variants = [item.partition("=")[::2] for item in args.variant]
+    passed = _without_values(sys.argv[1:], ("--variant", "--pairs", "--json"))
+    runs: dict[str, list[Figures]] = {name: [] for name, _ in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(1, args.pairs + 1):
+            for name, path in variants:
+                out = Path(tmp) / f"{name}-{round_}.json"
+                env = {**os.environ, "PYTHONPATH": path}
+                command = [sys.executable, __file__, *passed, "--json", str(out)]
+                print(f"round {round_}, {name} ({path}) …", flush=True)
+                await asyncio.to_thread(
+                    subprocess.run, command, env=env, check=True, stdout=subprocess.DEVNULL
+                )
+                figures = json.loads(out.read_text())
+                runs[name].append(figures)
+                print("  " + ", ".join(
+                    f"{label} {fmt.format(figures[key])}" for key, label, fmt in FIGURES
+                ), flush=True)  # fmt: skip
+    print(f"\n{args.pairs} runs per variant, interleaved; median (min–max):")
+    for name, _ in variants:
+        cells = []
+        for key, label, fmt in FIGURES:
+            values = [run[key] for run in runs[name]]
+            cells.append(
+                f"{label} {fmt.format(statistics.median(values))} "
+                f"({fmt.format(min(values))}–{fmt.format(max(values))})"
+            )
+        print(f"  {name}: " + "; ".join(cells))
+    if args.json is not None:
+        args.json.write_text(json.dumps(runs))
+
+
+def _without_values(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """``argv`` without ``options`` and their values (``--opt value`` or ``--opt=value``)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not arg.startswith(tuple(f"{option}=" for option in options)):
+            kept.append(arg)
+    return kept
 
 
 if __name__ == "__main__":

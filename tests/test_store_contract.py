@@ -16,12 +16,10 @@ import pytest
 from callbridge.models import CallEnded, CallInfo, CommittedSegment, EndReason, Track, Word
 from callbridge.store.base import (
     CallStatus,
-    Delivery,
     DurableStore,
     OutboxEvent,
     StoreError,
     StreamClaim,
-    WriteClaims,
     decode_cursor,
     encode_cursor,
     from_micros,
@@ -836,56 +834,27 @@ async def test_only_the_oldest_unfinished_delivery_per_call_and_target_is_claima
     assert (counts.delivered, counts.failed) == (1, 1)
 
 
-async def test_write_claims_lease_each_new_head_inside_the_write_that_makes_it(
+async def test_writes_lease_nothing_every_new_head_is_claimable_at_once_by_anyone(
     store: DurableStore, backend: Backend
 ) -> None:
-    accepted: list[Delivery] = []
-    asked: list[str] = []
-
-    def wants(target: str) -> bool:
-        asked.append(target)
-        return target == TARGETS[0]  # the other target is "busy": leave it to claim queries
-
-    refused: list[str] = []
-    store.claim_on_write(WriteClaims("me", 30, wants, accepted.extend, refused.append))
+    """The store only makes deliveries claimable; the dispatcher's claim query leases them.
+    A new event with nothing pending before it, and the successor of a finished delivery,
+    are claimable in the same moment by any owner (not leased to the writer)."""
     info = call_info("CA1")
     await store.call_started(info, [call_started_event(info)])
-    assert sorted(asked) == sorted(TARGETS)
-    assert refused == [TARGETS[1]]  # told after the commit, so a claim query can find it
-    assert [(d.call_sid, d.event_type, d.target) for d in accepted] == [
-        ("CA1", "call.started", TARGETS[0])
-    ]
-    started = accepted.pop()
-    assert started.attempts == 0 and b'"call.started"' in started.body
     now = backend.clock()
-    # leased to "me": nobody else can claim it; the unwanted target's head still can be
-    assert await store.claim_deliveries(now, 10, "other", 30, target=TARGETS[0]) == []
-    other = await store.claim_deliveries(now, 10, "other", 30, target=TARGETS[1])
-    assert [d.event_type for d in other] == ["call.started"]
-
-    # the next event waits behind the unfinished first: not a head, not leased
+    started = await store.claim_deliveries(now, 10, "me", 30, target=TARGETS[0])
+    assert [(d.call_sid, d.event_type, d.attempts) for d in started] == [("CA1", "call.started", 0)]
     first = segment("CA1", 1)
     await store.segment_committed(first, [transcript_committed_event(first)])
-    assert accepted == []
-    # finishing the first leases its successor in the same write
-    assert await store.mark_delivered(started.delivery_id, "me")
-    assert [(d.event_type, d.target) for d in accepted] == [("transcript.committed", TARGETS[0])]
-    assert b'"sequence":1' in accepted[0].body
+    # waits behind the unfinished call.started
     assert await store.claim_deliveries(now, 10, "other", 30, target=TARGETS[0]) == []
-    # an expired write lease is claimable again, like any other
-    later = now + timedelta(seconds=31)
-    backend.clock.advance(31)
-    again = await store.claim_deliveries(later, 10, "other", 30, target=TARGETS[0])
-    assert [d.delivery_id for d in again] == [accepted[0].delivery_id]
-
-    # switched off: writes lease nothing
-    store.claim_on_write(None)
-    accepted.clear()
-    assert await store.mark_delivered(again[0].delivery_id, "other")
-    second = segment("CA1", 2)
-    await store.segment_committed(second, [transcript_committed_event(second)])
-    assert accepted == []
-    assert len(await store.claim_deliveries(later, 10, "me", 30, target=TARGETS[0])) == 1
+    assert await store.mark_delivered(started[0].delivery_id, "me")
+    # the finisher holds no lease on the successor: another owner claims it
+    successor = await store.claim_deliveries(now, 10, "other", 30, target=TARGETS[0])
+    assert [d.event_type for d in successor] == ["transcript.committed"]
+    assert b'"sequence":1' in successor[0].body
+    assert await store.claim_deliveries(now, 10, "me", 30, target=TARGETS[0]) == []
 
 
 async def test_expired_leases_are_claimable_again(store: DurableStore, backend: Backend) -> None:

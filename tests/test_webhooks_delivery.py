@@ -21,7 +21,7 @@ from standardwebhooks import Webhook
 
 from callbridge.config import WebhookSettings
 from callbridge.models import CallEnded, CallInfo, CommittedSegment, EndReason, Track
-from callbridge.store.base import Delivery, DurableStore
+from callbridge.store.base import DurableStore
 from callbridge.store.factory import open_store
 from callbridge.testing.webhook_receiver import ReceivedRequest, Reply, WebhookReceiver
 from callbridge.webhooks.dispatcher import WebhookDispatcher
@@ -391,32 +391,41 @@ async def test_a_failing_summary_still_ends_the_call(stack: AsyncExitStack, tmp_
     assert record is not None and record.summary is not None
 
 
-async def test_healthy_deliveries_are_leased_in_the_writes_not_by_claim_queries(
+async def test_deliveries_are_claimed_on_notify_and_after_each_finish_not_on_the_poll(
     stack: AsyncExitStack, tmp_path: Path
 ) -> None:
-    """A committed segment's delivery is leased inside the write that stores it (or inside
-    the write that finishes the call's previous delivery), so no claim query is needed."""
+    """A new event is looked for when the writer notifies the dispatcher; a call's next
+    event when the one before it finishes. Neither waits for the poll (30 s here)."""
     receiver = WebhookReceiver(secret=SECRET)
-    harness = await make_harness(stack, tmp_path, [receiver])
-    queried: list[Delivery] = []
-    claim = harness.store.claim_deliveries
+    await stack.enter_async_context(receiver)
+    store = open_store(f"sqlite:///{tmp_path / 'cb.db'}", webhook_targets=[receiver.url])
+    await store.open()
+    stack.push_async_callback(store.close)
+    settings = WebhookSettings(urls=(receiver.url,), secret=SECRET)
+    dispatcher = WebhookDispatcher(store, settings, poll_interval_s=30.0)
+    await dispatcher.start()
+    stack.push_async_callback(dispatcher.stop, 2.0)
+    await asyncio.sleep(0.1)  # the start-up claim query has found nothing
 
-    async def counting_claim(*args: Any, **kwargs: Any) -> list[Delivery]:
-        found = await claim(*args, **kwargs)
-        queried.extend(found)
-        return found
+    silent = StoreSink(store, summarize)  # commits without telling the dispatcher
+    await silent.call_started(call_info("CA0"))
+    await asyncio.sleep(0.5)
+    assert receiver.requests == []  # nothing looks before the poll
+    dispatcher.notify()
+    await receiver.wait_for(1, timeout=2)
 
-    harness.store.claim_deliveries = counting_claim  # type: ignore[method-assign]
-    await asyncio.gather(*(harness.run_call(f"CA{n}", 3) for n in range(5)))
-    await receiver.wait_for(25, timeout=5)
-    for n in range(5):
+    harness = Harness(store, dispatcher, StoreSink(store, summarize, dispatcher.notify))
+    started = time.perf_counter()
+    await asyncio.gather(*(harness.run_call(f"CA{n}", 3) for n in range(1, 6)))
+    await receiver.wait_for(26, timeout=5)
+    assert time.perf_counter() - started < 5.0
+    for n in range(1, 6):
         calls = [r for r in receiver.requests if r.data["call_sid"] == f"CA{n}"]
         assert sequences(calls) == expected_sequence(3)
-    assert queried == []  # every one of the 25 was leased by a write
-    assert len({r.webhook_id for r in receiver.requests}) == 25 == len(receiver.requests)
+    assert len({r.webhook_id for r in receiver.requests}) == 26 == len(receiver.requests)
 
 
-async def test_deliveries_leased_while_every_slot_is_busy_wait_their_turn(
+async def test_deliveries_beyond_max_in_flight_wait_their_turn(
     stack: AsyncExitStack, tmp_path: Path
 ) -> None:
     receiver = WebhookReceiver(secret=SECRET, default=Reply(200, delay_s=0.05))
@@ -432,8 +441,8 @@ async def test_deliveries_leased_while_every_slot_is_busy_wait_their_turn(
 async def test_deliveries_left_to_the_claim_query_never_wait_for_the_poll(
     stack: AsyncExitStack, tmp_path: Path
 ) -> None:
-    """With every slot busy, writes leave deliveries to the claim query. It must run as slots
-    free up, however many are waiting, not on the next poll (made 30 s long here)."""
+    """With every slot busy, the claim query finds more than it can take. It must run again as
+    slots free up, however many are waiting, not on the next poll (made 30 s long here)."""
     receiver = WebhookReceiver(secret=SECRET, default=Reply(200, delay_s=0.02))
     await stack.enter_async_context(receiver)
     store = open_store(f"sqlite:///{tmp_path / 'cb.db'}", webhook_targets=[receiver.url])

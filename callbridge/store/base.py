@@ -279,71 +279,6 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
-class WriteClaims:
-    """A dispatcher's standing claim on deliveries that become claimable inside a write.
-
-    A delivery becomes claimable when its event is stored with nothing unfinished before it
-    for its call and target, or when the one before it finishes. With write claims set,
-    the store leases such a delivery to ``owner`` inside that same transaction and, after
-    the commit, hands it to ``accept``. That saves a claim round trip and a few event-loop
-    turns between a committed segment and its webhook POST. ``claim_deliveries`` still
-    finds everything else (retries, leftovers, expired leases).
-
-    ``wants(target)`` may run on the store's own thread: it must be quick and only read.
-    ``accept(deliveries)`` and ``refused(target)`` (a delivery for ``target`` became
-    claimable but ``wants`` said no, so a claim query must find it) run on the event loop
-    after the commit.
-    """
-
-    owner: str
-    lease_s: float
-    wants: Callable[[str], bool]
-    accept: Callable[[list[Delivery]], None]
-    refused: Callable[[str], None]
-
-
-class ClaimsInWrite:
-    """The deliveries one write transaction leased under :class:`WriteClaims`, and the
-    calls it stored events of (for :meth:`Store.on_events_stored`)."""
-
-    __slots__ = ("claims", "deliveries", "event_calls", "events_stored", "refused")
-
-    def __init__(self, claims: WriteClaims | None, events_stored: EventsStored | None) -> None:
-        self.claims = claims
-        self.events_stored = events_stored
-        self.deliveries: list[Delivery] = []
-        self.refused: set[str] = set()
-        self.event_calls: set[str] = set()
-
-    def wants(self, target: str) -> bool:
-        if self.claims is None:
-            return False
-        if self.claims.wants(target):
-            return True
-        self.refused.add(target)
-        return False
-
-    def rolled_back(self) -> None:
-        self.deliveries.clear()
-        self.refused.clear()
-        self.event_calls.clear()
-
-    def hand_over(self) -> None:
-        """After the commit: give the leased deliveries to the dispatcher, tell it which
-        targets have a claimable delivery it did not take, and tell the events watcher
-        which calls have new events."""
-        if self.events_stored is not None:
-            for call_sid in self.event_calls:
-                self.events_stored(call_sid)
-        if self.claims is None:
-            return
-        if self.deliveries:
-            self.claims.accept(self.deliveries)
-        for target in self.refused:
-            self.claims.refused(target)
-
-
-@dataclass(frozen=True, slots=True)
 class TargetBacklog:
     """A webhook target's undelivered events: how many, and since when."""
 
@@ -386,10 +321,6 @@ class OutboxStore(Protocol):
 
     async def release_claims(self, owner: str) -> int:
         """Give up every lease ``owner`` holds (a dispatcher stopping with work in flight)."""
-
-    def claim_on_write(self, claims: WriteClaims | None) -> None:
-        """Lease newly claimable deliveries inside the writes that create them (see
-        :class:`WriteClaims`); None stops it. Writes already running may still hand over."""
 
     async def delivery_counts(self) -> DeliveryCounts: ...
 

@@ -33,7 +33,6 @@ from callbridge.store.base import (
     FINAL_TWILIO_STATUSES,
     CallRecord,
     CallStatus,
-    ClaimsInWrite,
     Delivery,
     DeliveryCounts,
     DeliveryStatus,
@@ -44,7 +43,6 @@ from callbridge.store.base import (
     StoreError,
     StreamClaim,
     TargetBacklog,
-    WriteClaims,
     backlog_per_target,
     decode_cursor,
     encode_cursor,
@@ -113,7 +111,6 @@ class PostgresStore:
         self._connect_timeout_s = connect_timeout_s
         self._clock = clock
         self._pool: asyncpg.Pool | None = None
-        self._claims: WriteClaims | None = None
         self._events_stored: EventsStored | None = None
 
     @property
@@ -142,44 +139,18 @@ class PostgresStore:
             yield conn
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[tuple[asyncpg.Connection, ClaimsInWrite]]:
-        """A transaction that may lease deliveries under write claims; handed over after
-        the commit (a rollback leases nothing)."""
-        claims = ClaimsInWrite(self._claims, self._events_stored)
+    async def _write(self) -> AsyncIterator[tuple[asyncpg.Connection, set[str]]]:
+        """A transaction, and the set its ``_enqueue`` adds the calls it stored events of
+        to; after the commit (not after a rollback) the events callback is told them."""
+        event_calls: set[str] = set()
         async with self._transaction() as conn:
-            yield conn, claims
-        claims.hand_over()
-
-    def claim_on_write(self, claims: WriteClaims | None) -> None:
-        self._claims = claims
+            yield conn, event_calls
+        if self._events_stored is not None:
+            for call_sid in event_calls:
+                self._events_stored(call_sid)
 
     def on_events_stored(self, callback: EventsStored | None) -> None:
         self._events_stored = callback
-
-    async def _claim_new_head(
-        self,
-        conn: asyncpg.Connection,
-        claims: ClaimsInWrite,
-        delivery_id: int,
-        target: str,
-        now: datetime,
-    ) -> None:
-        """Inside a write: lease a delivery that just became its call's head, if wanted."""
-        if claims.claims is None or not claims.wants(target):
-            return
-        row = await conn.fetchrow(
-            "UPDATE deliveries d SET lease_owner = $2, lease_expires_at = $3 FROM events e "
-            "WHERE d.delivery_id = $1 AND e.event_id = d.event_id AND d.status = 'pending' "
-            "AND d.is_head AND d.next_attempt_at <= $4 "
-            "AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $4) "
-            f"RETURNING {DELIVERY_COLUMNS}",
-            delivery_id,
-            claims.claims.owner,
-            now + timedelta(seconds=claims.claims.lease_s),
-            now,
-        )
-        if row is not None:
-            claims.deliveries.append(delivery(row, _as_is))
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -266,7 +237,7 @@ class PostgresStore:
         conn: asyncpg.Connection,
         events: Sequence[OutboxEvent],
         now: datetime,
-        claims: ClaimsInWrite,
+        event_calls: set[str],
     ) -> None:
         if not events:
             return
@@ -290,20 +261,18 @@ class PostgresStore:
             )
             if inserted is None:
                 continue
-            claims.event_calls.add(event.call_sid)
+            event_calls.add(event.call_sid)
             for target in self._targets:
-                row = await conn.fetchrow(
+                await conn.execute(
                     "INSERT INTO deliveries (event_id, call_sid, target, status, is_head, "
                     "next_attempt_at, created_at) VALUES ($1, $2, $3, 'pending', "
                     "NOT EXISTS (SELECT 1 FROM deliveries WHERE call_sid = $2 AND target = $3 "
-                    "AND status = 'pending'), $4, $4) RETURNING delivery_id, is_head",
+                    "AND status = 'pending'), $4, $4)",
                     event.event_id,
                     event.call_sid,
                     target,
                     now,
                 )
-                if row["is_head"]:
-                    await self._claim_new_head(conn, claims, row["delivery_id"], target, now)
 
     # calls and segments -------------------------------------------------------------------
 
@@ -328,7 +297,7 @@ class PostgresStore:
 
     async def call_started(self, call: CallInfo, events: Sequence[OutboxEvent]) -> None:
         now = self._clock()
-        async with self._write() as (conn, claims):
+        async with self._write() as (conn, event_calls):
             row = await conn.fetchrow(
                 "SELECT status, stream_sid, started_at FROM calls WHERE call_sid = $1 FOR UPDATE",
                 call.call_sid,
@@ -364,13 +333,13 @@ class PostgresStore:
                 now,
                 call.started_at,
             )
-            await self._enqueue(conn, events, now, claims)
+            await self._enqueue(conn, events, now, event_calls)
 
     async def segment_committed(
         self, segment: CommittedSegment, events: Sequence[OutboxEvent]
     ) -> None:
         now = self._clock()
-        async with self._write() as (conn, claims):
+        async with self._write() as (conn, event_calls):
             status = await conn.fetchval(
                 "SELECT status FROM calls WHERE call_sid = $1 FOR UPDATE", segment.call_sid
             )
@@ -410,7 +379,7 @@ class PostgresStore:
                 now,
                 segment.language_code,
             )
-            await self._enqueue(conn, events, now, claims)
+            await self._enqueue(conn, events, now, event_calls)
 
     async def call_ended(
         self,
@@ -421,7 +390,7 @@ class PostgresStore:
     ) -> None:
         now = self._clock()
         analytics, ai_summary = split_ai_summary(summary)
-        async with self._write() as (conn, claims):
+        async with self._write() as (conn, event_calls):
             status = await conn.fetchval(
                 "SELECT status FROM calls WHERE call_sid = $1 FOR UPDATE", ended.call_sid
             )
@@ -452,14 +421,14 @@ class PostgresStore:
                 analytics,
                 ai_summary,
             )
-            await self._enqueue(conn, events, now, claims)
+            await self._enqueue(conn, events, now, event_calls)
             await insert_jobs(conn, jobs, now)
 
     async def set_ai_summary(
         self, call_sid: str, ai_summary: Mapping[str, Any], events: Sequence[OutboxEvent]
     ) -> bool:
         now = self._clock()
-        async with self._write() as (conn, claims):
+        async with self._write() as (conn, event_calls):
             updated = await conn.fetchval(
                 "UPDATE calls SET ai_summary = $1 WHERE call_sid = $2 AND (ai_summary IS NULL "
                 "OR ai_summary->>'status' = 'pending') RETURNING true",
@@ -467,14 +436,14 @@ class PostgresStore:
                 call_sid,
             )
             if updated:
-                await self._enqueue(conn, events, now, claims)
+                await self._enqueue(conn, events, now, event_calls)
             return bool(updated)
 
     async def set_batch_transcript(
         self, record: BatchTranscript, events: Sequence[OutboxEvent], jobs: Sequence[NewJob] = ()
     ) -> bool:
         now = self._clock()
-        async with self._write() as (conn, claims):
+        async with self._write() as (conn, event_calls):
             inserted = await conn.fetchval(
                 "INSERT INTO batch_transcripts (call_sid, status, segments, summary, error, "
                 "transcription_ids, audio_seconds, model_id, created_at) "
@@ -492,7 +461,7 @@ class PostgresStore:
                 record.created_at,
             )
             if inserted:
-                await self._enqueue(conn, events, now, claims)
+                await self._enqueue(conn, events, now, event_calls)
                 await insert_jobs(conn, jobs, now)
             return bool(inserted)
 
@@ -739,8 +708,7 @@ class PostgresStore:
         return [delivery(row, _as_is) for row in rows]
 
     async def _finish(self, delivery_id: int, owner: str, status: str, error: str | None) -> bool:
-        now = self._clock()
-        async with self._write() as (conn, claims):
+        async with self._transaction() as conn:
             call_sid = await conn.fetchval(
                 "SELECT call_sid FROM deliveries WHERE delivery_id = $1", delivery_id
             )
@@ -759,19 +727,16 @@ class PostgresStore:
                 owner,
                 status,
                 error,
-                now,
+                self._clock(),
             )
             if row is None:
                 return False
-            successor = await conn.fetchval(
+            await conn.execute(
                 "UPDATE deliveries SET is_head = TRUE WHERE delivery_id = (SELECT min(delivery_id) "
-                "FROM deliveries WHERE call_sid = $1 AND target = $2 AND status = 'pending') "
-                "RETURNING delivery_id",
+                "FROM deliveries WHERE call_sid = $1 AND target = $2 AND status = 'pending')",
                 row["call_sid"],
                 row["target"],
             )
-            if successor is not None:
-                await self._claim_new_head(conn, claims, successor, row["target"], now)
         return True
 
     async def mark_delivered(self, delivery_id: int, owner: str) -> bool:

@@ -33,7 +33,6 @@ from callbridge.store.base import (
     FINAL_TWILIO_STATUSES,
     CallRecord,
     CallStatus,
-    ClaimsInWrite,
     Delivery,
     DeliveryCounts,
     DeliveryStatus,
@@ -44,7 +43,6 @@ from callbridge.store.base import (
     StoreError,
     StreamClaim,
     TargetBacklog,
-    WriteClaims,
     backlog_per_target,
     decode_cursor,
     encode_cursor,
@@ -113,9 +111,9 @@ class SqliteStore:
         self._clock = clock
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
-        self._claims: WriteClaims | None = None
         self._events_stored: EventsStored | None = None
-        self._in_write: ClaimsInWrite | None = None  # the running write's; store thread only
+        # the calls the running write stored events of; store thread only
+        self._event_calls: set[str] | None = None
 
     @property
     def webhook_targets(self) -> tuple[str, ...]:
@@ -141,50 +139,33 @@ class SqliteStore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        claims = ClaimsInWrite(self._claims, self._events_stored)
+        """``work`` in one write transaction; after its commit, the events callback is told
+        the calls it stored events of."""
+        event_calls: set[str] = set()
 
         def transaction(conn: sqlite3.Connection) -> T:
-            self._in_write = claims
+            self._event_calls = event_calls
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     result = work(conn)
                 except BaseException:
                     conn.execute("ROLLBACK")
-                    claims.rolled_back()
+                    event_calls.clear()
                     raise
                 conn.execute("COMMIT")
                 return result
             finally:
-                self._in_write = None
+                self._event_calls = None
 
         result = await self._run(transaction)
-        claims.hand_over()
+        if self._events_stored is not None:
+            for call_sid in event_calls:
+                self._events_stored(call_sid)
         return result
-
-    def claim_on_write(self, claims: WriteClaims | None) -> None:
-        self._claims = claims
 
     def on_events_stored(self, callback: EventsStored | None) -> None:
         self._events_stored = callback
-
-    def _claim_new_head(
-        self, conn: sqlite3.Connection, delivery_id: int, target: str, now: int
-    ) -> None:
-        """Inside a write: lease a delivery that just became its call's head, if wanted."""
-        claims = self._in_write
-        if claims is None or claims.claims is None or not claims.wants(target):
-            return
-        expires = now + int(claims.claims.lease_s * 1_000_000)
-        row = conn.execute(
-            "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? "
-            "WHERE delivery_id = ? AND status = 'pending' AND is_head = 1 "
-            "AND next_attempt_at <= ? AND (lease_expires_at IS NULL OR lease_expires_at <= ?) "
-            "RETURNING delivery_id",
-            (claims.claims.owner, expires, delivery_id, now, now),
-        ).fetchone()
-        if row is not None:
-            claims.deliveries.extend(self._deliveries(conn, [delivery_id]))
 
     @staticmethod
     def _deliveries(conn: sqlite3.Connection, ids: Sequence[int]) -> list[Delivery]:
@@ -292,18 +273,16 @@ class SqliteStore:
             ).rowcount
             if not inserted:
                 continue
-            if self._in_write is not None:
-                self._in_write.event_calls.add(event.call_sid)
+            if self._event_calls is not None:
+                self._event_calls.add(event.call_sid)
             for target in self._targets:
-                delivery_id, is_head = conn.execute(
+                conn.execute(
                     "INSERT INTO deliveries (event_id, call_sid, target, status, is_head, "
                     "next_attempt_at, created_at) VALUES (?, ?, ?, 'pending', "
                     "NOT EXISTS (SELECT 1 FROM deliveries WHERE call_sid = ? AND target = ? "
-                    "AND status = 'pending'), ?, ?) RETURNING delivery_id, is_head",
+                    "AND status = 'pending'), ?, ?)",
                     (event.event_id, event.call_sid, target, event.call_sid, target, now, now),
-                ).fetchone()
-                if is_head:
-                    self._claim_new_head(conn, delivery_id, target, now)
+                )
 
     # calls and segments -------------------------------------------------------------------
 
@@ -838,14 +817,11 @@ class SqliteStore:
             if not rows:
                 return False
             row = rows[0]
-            successor = conn.execute(
+            conn.execute(
                 "UPDATE deliveries SET is_head = 1 WHERE delivery_id = (SELECT min(delivery_id) "
-                "FROM deliveries WHERE call_sid = ? AND target = ? AND status = 'pending') "
-                "RETURNING delivery_id",
+                "FROM deliveries WHERE call_sid = ? AND target = ? AND status = 'pending')",
                 (row["call_sid"], row["target"]),
-            ).fetchone()
-            if successor is not None:
-                self._claim_new_head(conn, successor[0], row["target"], now)
+            )
             return True
 
         return await self._write(work)

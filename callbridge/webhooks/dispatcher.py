@@ -3,14 +3,10 @@
 One :class:`WebhookDispatcher` runs in each server process. Every target has its own worker
 and its own in-flight budget (``max_in_flight``), so a slow or dead target never takes
 slots from a healthy one; the store hands out only the oldest unfinished delivery of each
-(call, target), so one call's events arrive in order while other calls proceed.
-
-Most deliveries reach the dispatcher without a claim query: the store leases a delivery
-to it inside the very write that makes it claimable (see
-:class:`~callbridge.store.base.WriteClaims`) and hands it over after the commit. The
-worker's claim query finds the rest. It runs on :meth:`WebhookDispatcher.notify` (new
-events), when its own retries fall due, and every ``poll_interval_s`` (other processes'
-events, expired leases).
+(call, target), so one call's events arrive in order while other calls proceed. The worker
+runs its claim query on :meth:`WebhookDispatcher.notify` (new events), when one of its
+deliveries finishes (the call's next event becomes claimable, and a slot is free), when its
+own retries fall due, and every ``poll_interval_s`` (other processes' events, expired leases).
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ import email.utils
 import random
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +27,7 @@ import structlog
 
 from callbridge.config import WebhookSettings
 from callbridge.metrics import DISABLED, BridgeMetrics
-from callbridge.store.base import Delivery, OutboxStore, WriteClaims
+from callbridge.store.base import Delivery, OutboxStore
 from callbridge.webhooks.signing import WebhookSigner
 
 log = structlog.get_logger(__name__)
@@ -110,11 +105,6 @@ class _TargetWorker:
     url: str
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
-    # leased by a store write while every slot was busy: sent as slots free up
-    ready: deque[Delivery] = field(default_factory=deque)
-    # a store write found every slot busy and left a delivery for the claim query, which
-    # runs once a slot is free
-    refused: bool = False
     timers: set[asyncio.TimerHandle] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
 
@@ -151,12 +141,8 @@ class WebhookDispatcher:
         self._session = session
         self._owns_session = session is None
         self._workers = [_TargetWorker(url) for url in dict.fromkeys(settings.urls)]
-        self._by_url = {worker.url: worker for worker in self._workers}
         self._stopping = False
         self._started = False
-        self._orphaned = False  # leases handed over while stopping: give them back
-        self._leasing = False  # the store leases new deliveries to us in its writes
-        self._releasing: set[asyncio.Task[None]] = set()
         self.stats = DispatcherStats()
 
     @property
@@ -182,11 +168,6 @@ class WebhookDispatcher:
             worker.task = asyncio.create_task(
                 self._run_worker(worker), name=f"webhooks:{target_label(worker.url)}"
             )
-        if self._workers:
-            self._store.claim_on_write(
-                WriteClaims(self.owner, self._lease_s, self._wants, self._accept, self._refused)
-            )
-            self._leasing = True
         log.info(
             "webhooks.started",
             targets=[target_label(worker.url) for worker in self._workers],
@@ -195,13 +176,7 @@ class WebhookDispatcher:
         )
 
     def notify(self) -> None:
-        """New events were committed: look for due deliveries now.
-
-        While the store leases new deliveries to this dispatcher in its writes, there is
-        nothing for a claim query to find: the writes hand them over, and one a write left
-        behind for want of a free slot is looked for when a slot frees."""
-        if self._leasing:
-            return
+        """New events were committed: look for due deliveries now."""
         for worker in self._workers:
             worker.wake.set()
 
@@ -210,8 +185,6 @@ class WebhookDispatcher:
         leave everything else pending in the store for the next start."""
         if not self._started:
             return
-        self._store.claim_on_write(None)
-        self._leasing = False
         self._stopping = True
         for worker in self._workers:
             for timer in worker.timers:
@@ -229,12 +202,6 @@ class WebhookDispatcher:
             task.cancel()
         if unfinished:
             await asyncio.gather(*unfinished, return_exceptions=True)
-        # Leases nobody will use now: handed over while stopping, or waiting for a slot.
-        orphaned = self._orphaned or any(worker.ready for worker in self._workers)
-        self._orphaned = False
-        for worker in self._workers:
-            worker.ready.clear()
-        if unfinished or orphaned:
             with contextlib.suppress(Exception):
                 await self._store.release_claims(self.owner)
         if self._owns_session and self._session is not None:
@@ -243,63 +210,13 @@ class WebhookDispatcher:
         self._started = False
         log.info("webhooks.stopped", abandoned_in_flight=len(unfinished))
 
-    # deliveries leased inside store writes ---------------------------------------------
-
-    def _wants(self, target: str) -> bool:
-        """Whether a store write may lease a delivery for ``target`` to this dispatcher.
-        May run on the store's thread: it only reads."""
-        worker = self._by_url.get(target)
-        return (
-            worker is not None
-            and not self._stopping
-            and len(worker.in_flight) + len(worker.ready) < self._settings.max_in_flight
-        )
-
-    def _refused(self, target: str) -> None:
-        """After a write's commit: it left a claimable delivery for the claim query."""
-        worker = self._by_url.get(target)
-        if worker is not None:
-            worker.refused = True
-            worker.wake.set()
-
-    def _accept(self, deliveries: list[Delivery]) -> None:
-        """Deliveries a store write leased to this dispatcher, after its commit."""
-        if not self._started:
-            # Stopped already: nobody will send them, so give the leases back now.
-            task = asyncio.get_running_loop().create_task(self._release_quietly())
-            self._releasing.add(task)
-            task.add_done_callback(self._releasing.discard)
-            return
-        for delivery in deliveries:
-            worker = self._by_url.get(delivery.target)
-            if worker is None or self._stopping:
-                self._orphaned = True
-            else:
-                self._take(worker, delivery)
-
-    async def _release_quietly(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._store.release_claims(self.owner)
-
-    def _take(self, worker: _TargetWorker, delivery: Delivery) -> None:
-        """Send a leased delivery now if a slot is free, else as soon as one is."""
-        if len(worker.in_flight) < self._settings.max_in_flight:
-            self._start_delivery(worker, delivery)
-        else:
-            worker.ready.append(delivery)
-
-    def _start_delivery(self, worker: _TargetWorker, delivery: Delivery) -> None:
-        task = asyncio.create_task(self._deliver(worker, delivery))
-        worker.in_flight.add(task)
-
     # the per-target loop ------------------------------------------------------------------
 
     async def _run_worker(self, worker: _TargetWorker) -> None:
         while not self._stopping:
             worker.wake.clear()
-            free = self._settings.max_in_flight - len(worker.in_flight) - len(worker.ready)
+            free = self._settings.max_in_flight - len(worker.in_flight)
             if free > 0:
-                worker.refused = False  # this query finds what writes left behind
                 try:
                     claimed = await self._store.claim_deliveries(
                         self._now(), free, self.owner, self._lease_s, target=worker.url
@@ -307,10 +224,9 @@ class WebhookDispatcher:
                 except Exception:
                     log.exception("webhooks.claim_failed", target=target_label(worker.url))
                     claimed = []
-                if len(claimed) >= free:
-                    worker.refused = True  # there may be more: look again when a slot frees
-                for delivery in claimed:  # slots may have filled while the query ran
-                    self._take(worker, delivery)
+                for delivery in claimed:
+                    task = asyncio.create_task(self._deliver(worker, delivery))
+                    worker.in_flight.add(task)
             if self._stopping:
                 break
             with contextlib.suppress(TimeoutError):
@@ -334,12 +250,7 @@ class WebhookDispatcher:
             task = asyncio.current_task()
             if task is not None:
                 worker.in_flight.discard(task)
-            if worker.ready and not self._stopping:
-                self._start_delivery(worker, worker.ready.popleft())
-            if worker.refused or not self._leasing:
-                # a slot is free: look for what was left to the claim query
-                worker.refused = False
-                worker.wake.set()
+            worker.wake.set()  # a slot is free, and the call's next event may be due
 
     async def _attempt(self, delivery: Delivery) -> AttemptOutcome:
         session = self._session
