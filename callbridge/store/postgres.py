@@ -4,7 +4,8 @@ Migrations run at :meth:`PostgresStore.open` in one transaction under an advisor
 processes starting together apply them once. Claims use ``FOR UPDATE SKIP LOCKED`` and a
 lease, and every transaction that adds or finishes a delivery takes a per-call advisory
 lock, so the "only the oldest unfinished delivery per (call, target) is claimable" rule
-holds with any number of processes.
+holds with any number of processes. The writes of a call's life and of the outbox are the
+statements of :mod:`callbridge.store.writes`, shared with the SQLite store.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from callbridge.models import (
     segment_to_stored_json,
     utc_now,
 )
+from callbridge.store import writes
 from callbridge.store.base import (
     FINAL_TWILIO_STATUSES,
     CallRecord,
@@ -63,8 +65,10 @@ from callbridge.store.rows import (
     committed_segment,
     delivery,
 )
+from callbridge.store.writes import POSTGRES
 
 log = structlog.get_logger(__name__)
+_SQL = POSTGRES.sql
 
 
 def _as_is(value: Any) -> Any:
@@ -248,30 +252,16 @@ class PostgresStore:
                 "SELECT pg_advisory_xact_lock($1, hashtext($2))", _CALL_LOCK_SPACE, call_sid
             )
         for event in events:
-            inserted = await conn.fetchval(
-                "INSERT INTO events (event_id, call_sid, event_type, body, created_at, position) "
-                "VALUES ($1, $2, $3, $4, $5, (SELECT coalesce(max(position), 0) + 1 "
-                "FROM events WHERE call_sid = $2)) ON CONFLICT (event_id) DO NOTHING "
-                "RETURNING event_id",
-                event.event_id,
-                event.call_sid,
-                event.event_type,
-                event.body,
-                event.created_at,
+            stored = await conn.fetchval(
+                _SQL(writes.EVENT_INSERT), *writes.event_args(event, POSTGRES)
             )
-            if inserted is None:
-                continue
+            if stored is None:
+                continue  # stored before: its deliveries exist
             event_calls.add(event.call_sid)
             for target in self._targets:
                 await conn.execute(
-                    "INSERT INTO deliveries (event_id, call_sid, target, status, is_head, "
-                    "next_attempt_at, created_at) VALUES ($1, $2, $3, 'pending', "
-                    "NOT EXISTS (SELECT 1 FROM deliveries WHERE call_sid = $2 AND target = $3 "
-                    "AND status = 'pending'), $4, $4)",
-                    event.event_id,
-                    event.call_sid,
-                    target,
-                    now,
+                    _SQL(writes.DELIVERY_INSERT),
+                    *writes.delivery_args(event, target, now, POSTGRES),
                 )
 
     # calls and segments -------------------------------------------------------------------
@@ -298,10 +288,7 @@ class PostgresStore:
     async def call_started(self, call: CallInfo, events: Sequence[OutboxEvent]) -> None:
         now = self._clock()
         async with self._write() as (conn, event_calls):
-            row = await conn.fetchrow(
-                "SELECT status, stream_sid, started_at FROM calls WHERE call_sid = $1 FOR UPDATE",
-                call.call_sid,
-            )
+            row = await conn.fetchrow(_SQL(writes.CALL_STATE) + " FOR UPDATE", call.call_sid)
             if row is not None and row["status"] == CallStatus.ENDED:
                 log_write_after_end("call_started", call.call_sid)
                 return
@@ -312,26 +299,7 @@ class PostgresStore:
             ):
                 return  # a repeated call_started: already stored and enqueued
             await conn.execute(
-                "INSERT INTO calls (call_sid, status, stream_sid, account_sid, from_number, "
-                "to_number, tracks, custom_parameters, created_at, started_at) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
-                "ON CONFLICT (call_sid) DO UPDATE SET "
-                "status = excluded.status, stream_sid = excluded.stream_sid, "
-                "account_sid = coalesce(excluded.account_sid, calls.account_sid), "
-                "from_number = coalesce(excluded.from_number, calls.from_number), "
-                "to_number = coalesce(excluded.to_number, calls.to_number), "
-                "tracks = excluded.tracks, custom_parameters = excluded.custom_parameters, "
-                "started_at = excluded.started_at",
-                call.call_sid,
-                CallStatus.LIVE.value,
-                call.stream_sid,
-                call.account_sid or None,
-                call.from_number,
-                call.to_number,
-                list(call.tracks),
-                dict(call.custom_parameters),
-                now,
-                call.started_at,
+                _SQL(writes.CALL_STARTED), *writes.call_started_args(call, now, POSTGRES)
             )
             await self._enqueue(conn, events, now, event_calls)
 
@@ -340,44 +308,20 @@ class PostgresStore:
     ) -> None:
         now = self._clock()
         async with self._write() as (conn, event_calls):
-            status = await conn.fetchval(
-                "SELECT status FROM calls WHERE call_sid = $1 FOR UPDATE", segment.call_sid
-            )
-            if status == CallStatus.ENDED:
+            row = await conn.fetchrow(_SQL(writes.CALL_STATE) + " FOR UPDATE", segment.call_sid)
+            if row is not None and row["status"] == CallStatus.ENDED:
                 log_write_after_end("segment_committed", segment.call_sid)
                 return
             inserted = await conn.fetchval(
-                "INSERT INTO segments (call_sid, sequence, stream_sid, speaker, track, text, "
-                "words, start_ms, end_ms, language, committed_at) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
-                "ON CONFLICT (call_sid, sequence) DO NOTHING RETURNING sequence",
-                segment.call_sid,
-                segment.sequence,
-                segment.stream_sid,
-                segment.speaker,
-                str(segment.track),
-                segment.text,
-                [word.to_json() for word in segment.words],
-                segment.start_ms,
-                segment.end_ms,
-                segment.language_code,
-                segment.committed_at,
+                _SQL(writes.SEGMENT_INSERT), *writes.segment_args(segment, POSTGRES)
             )
             if inserted is None:
                 log.warning(
                     "store.segment_duplicate", call_sid=segment.call_sid, sequence=segment.sequence
                 )
-                return
+                return  # the same segment again: its event is already enqueued
             await conn.execute(
-                "INSERT INTO calls (call_sid, status, stream_sid, created_at, segments, "
-                "language_code) VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (call_sid) DO UPDATE "
-                "SET segments = calls.segments + 1, "
-                "language_code = coalesce(excluded.language_code, calls.language_code)",
-                segment.call_sid,
-                CallStatus.LIVE.value,
-                segment.stream_sid,
-                now,
-                segment.language_code,
+                _SQL(writes.SEGMENT_COUNTED), *writes.segment_counted_args(segment, now, POSTGRES)
             )
             await self._enqueue(conn, events, now, event_calls)
 
@@ -391,35 +335,12 @@ class PostgresStore:
         now = self._clock()
         analytics, ai_summary = split_ai_summary(summary)
         async with self._write() as (conn, event_calls):
-            status = await conn.fetchval(
-                "SELECT status FROM calls WHERE call_sid = $1 FOR UPDATE", ended.call_sid
-            )
-            if status == CallStatus.ENDED:
+            row = await conn.fetchrow(_SQL(writes.CALL_STATE) + " FOR UPDATE", ended.call_sid)
+            if row is not None and row["status"] == CallStatus.ENDED:
                 return  # a repeated call_ended: already stored and enqueued
             await conn.execute(
-                "INSERT INTO calls (call_sid, status, stream_sid, created_at, ended_at, "
-                "duration_ms, end_reason, segments, language_code, degraded, summary, "
-                "ai_summary) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
-                "ON CONFLICT (call_sid) DO UPDATE SET "
-                "status = excluded.status, ended_at = excluded.ended_at, "
-                "duration_ms = excluded.duration_ms, end_reason = excluded.end_reason, "
-                "segments = greatest(calls.segments, excluded.segments), "
-                "language_code = coalesce(excluded.language_code, calls.language_code), "
-                "degraded = excluded.degraded, summary = excluded.summary, "
-                "ai_summary = excluded.ai_summary, "
-                "stream_owner = NULL, stream_lease_expires_at = NULL",
-                ended.call_sid,
-                CallStatus.ENDED.value,
-                ended.stream_sid,
-                now,
-                ended.ended_at,
-                ended.duration_ms,
-                str(ended.reason),
-                ended.segments,
-                ended.language_code,
-                ended.degraded,
-                analytics,
-                ai_summary,
+                _SQL(writes.CALL_ENDED),
+                *writes.call_ended_args(ended, analytics, ai_summary, now, POSTGRES),
             )
             await self._enqueue(conn, events, now, event_calls)
             await insert_jobs(conn, jobs, now)
@@ -719,24 +640,14 @@ class PostgresStore:
                 "SELECT pg_advisory_xact_lock($1, hashtext($2))", _CALL_LOCK_SPACE, call_sid
             )
             row = await conn.fetchrow(
-                "UPDATE deliveries SET status = $3, is_head = FALSE, attempts = attempts + 1, "
-                "last_error = $4, lease_owner = NULL, lease_expires_at = NULL, finished_at = $5 "
-                "WHERE delivery_id = $1 AND status = 'pending' AND lease_owner = $2 "
-                "RETURNING call_sid, target",
-                delivery_id,
-                owner,
-                status,
-                error,
-                self._clock(),
+                _SQL(writes.DELIVERY_FINISHED),
+                *writes.delivery_finished_args(
+                    delivery_id, owner, status, error, self._clock(), POSTGRES
+                ),
             )
             if row is None:
                 return False
-            await conn.execute(
-                "UPDATE deliveries SET is_head = TRUE WHERE delivery_id = (SELECT min(delivery_id) "
-                "FROM deliveries WHERE call_sid = $1 AND target = $2 AND status = 'pending')",
-                row["call_sid"],
-                row["target"],
-            )
+            await conn.execute(_SQL(writes.NEXT_HEAD), row["call_sid"], row["target"])
         return True
 
     async def mark_delivered(self, delivery_id: int, owner: str) -> bool:
@@ -750,23 +661,14 @@ class PostgresStore:
     ) -> bool:
         async with self._connection() as conn:
             status = await conn.execute(
-                "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = $3, "
-                "last_error = $4, lease_owner = NULL, lease_expires_at = NULL "
-                "WHERE delivery_id = $1 AND status = 'pending' AND lease_owner = $2",
-                delivery_id,
-                owner,
-                next_attempt_at,
-                error,
+                _SQL(writes.DELIVERY_RETRY),
+                *writes.delivery_retry_args(delivery_id, owner, next_attempt_at, error, POSTGRES),
             )
         return not str(status).endswith(" 0")
 
     async def release_claims(self, owner: str) -> int:
         async with self._connection() as conn:
-            status = await conn.execute(
-                "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL "
-                "WHERE lease_owner = $1 AND status = 'pending'",
-                owner,
-            )
+            status = await conn.execute(_SQL(writes.RELEASE_CLAIMS), owner)
         return int(str(status).rsplit(" ", 1)[-1])
 
     async def delivery_counts(self) -> DeliveryCounts:
@@ -798,9 +700,5 @@ class PostgresStore:
 
     async def purge_finished_deliveries(self, finished_before: datetime) -> int:
         async with self._connection() as conn:
-            status = await conn.execute(
-                "DELETE FROM deliveries WHERE status IN ('delivered', 'failed') "
-                "AND finished_at < $1",
-                finished_before,
-            )
+            status = await conn.execute(_SQL(writes.PURGE_FINISHED), POSTGRES.time(finished_before))
         return int(str(status).rsplit(" ", 1)[-1])

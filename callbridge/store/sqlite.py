@@ -4,7 +4,8 @@ All SQLite work runs on one dedicated thread (the stdlib driver blocks), so the 
 never waits on the disk. The file is in WAL mode with ``synchronous=NORMAL`` and a busy
 timeout, and every write transaction starts with ``BEGIN IMMEDIATE``, so several
 ``callbridge`` processes can share it. Schema versions live in ``PRAGMA user_version`` and
-are applied at :meth:`SqliteStore.open`.
+are applied at :meth:`SqliteStore.open`. The writes of a call's life and of the outbox are the
+statements of :mod:`callbridge.store.writes`, shared with the PostgreSQL store.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from callbridge.models import (
     segment_to_stored_json,
     utc_now,
 )
+from callbridge.store import writes
 from callbridge.store.base import (
     FINAL_TWILIO_STATUSES,
     CallRecord,
@@ -63,6 +65,7 @@ from callbridge.store.rows import (
     committed_segment,
     delivery,
 )
+from callbridge.store.writes import SQLITE
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +73,7 @@ _FINAL_STATUSES_SQL = ", ".join(f"'{status}'" for status in sorted(FINAL_TWILIO_
 _RENEW_BATCH = 500  # call SIDs per renewal statement (SQLite binds at most 32766 values)
 
 T = TypeVar("T")
+_SQL = SQLITE.sql
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -255,33 +259,18 @@ class SqliteStore:
 
     # the outbox, inside the caller's transaction --------------------------------------------
 
-    def _enqueue(self, conn: sqlite3.Connection, events: Sequence[OutboxEvent], now: int) -> None:
+    def _enqueue(
+        self, conn: sqlite3.Connection, events: Sequence[OutboxEvent], now: datetime
+    ) -> None:
         for event in events:
-            # Writes are serialised (BEGIN IMMEDIATE), so max + 1 is the call's next position.
-            inserted = conn.execute(
-                "INSERT INTO events (event_id, call_sid, event_type, body, created_at, position) "
-                "VALUES (?, ?, ?, ?, ?, (SELECT coalesce(max(position), 0) + 1 FROM events "
-                "WHERE call_sid = ?)) ON CONFLICT (event_id) DO NOTHING",
-                (
-                    event.event_id,
-                    event.call_sid,
-                    event.event_type,
-                    event.body,
-                    to_micros(event.created_at),
-                    event.call_sid,
-                ),
-            ).rowcount
-            if not inserted:
-                continue
+            stored = conn.execute(_SQL(writes.EVENT_INSERT), writes.event_args(event, SQLITE))
+            if stored.fetchone() is None:
+                continue  # stored before: its deliveries exist
             if self._event_calls is not None:
                 self._event_calls.add(event.call_sid)
             for target in self._targets:
                 conn.execute(
-                    "INSERT INTO deliveries (event_id, call_sid, target, status, is_head, "
-                    "next_attempt_at, created_at) VALUES (?, ?, ?, 'pending', "
-                    "NOT EXISTS (SELECT 1 FROM deliveries WHERE call_sid = ? AND target = ? "
-                    "AND status = 'pending'), ?, ?)",
-                    (event.event_id, event.call_sid, target, event.call_sid, target, now, now),
+                    _SQL(writes.DELIVERY_INSERT), writes.delivery_args(event, target, now, SQLITE)
                 )
 
     # calls and segments -------------------------------------------------------------------
@@ -305,13 +294,10 @@ class SqliteStore:
         await self._write(work)
 
     async def call_started(self, call: CallInfo, events: Sequence[OutboxEvent]) -> None:
-        now = self._now_us()
+        now = self._clock()
 
         def work(conn: sqlite3.Connection) -> None:
-            row = conn.execute(
-                "SELECT status, stream_sid, started_at FROM calls WHERE call_sid = ?",
-                (call.call_sid,),
-            ).fetchone()
+            row = conn.execute(_SQL(writes.CALL_STATE), (call.call_sid,)).fetchone()
             if row is not None and row["status"] == CallStatus.ENDED:
                 log_write_after_end("call_started", call.call_sid)
                 return
@@ -321,29 +307,7 @@ class SqliteStore:
                 and row["stream_sid"] == call.stream_sid
             ):
                 return  # a repeated call_started: already stored and enqueued
-            conn.execute(
-                "INSERT INTO calls (call_sid, status, stream_sid, account_sid, from_number, "
-                "to_number, tracks, custom_parameters, created_at, started_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_sid) DO UPDATE SET "
-                "status = excluded.status, stream_sid = excluded.stream_sid, "
-                "account_sid = coalesce(excluded.account_sid, calls.account_sid), "
-                "from_number = coalesce(excluded.from_number, calls.from_number), "
-                "to_number = coalesce(excluded.to_number, calls.to_number), "
-                "tracks = excluded.tracks, custom_parameters = excluded.custom_parameters, "
-                "started_at = excluded.started_at",
-                (
-                    call.call_sid,
-                    CallStatus.LIVE,
-                    call.stream_sid,
-                    call.account_sid or None,
-                    call.from_number,
-                    call.to_number,
-                    json.dumps(list(call.tracks)),
-                    json.dumps(dict(call.custom_parameters)),
-                    now,
-                    to_micros(call.started_at),
-                ),
-            )
+            conn.execute(_SQL(writes.CALL_STARTED), writes.call_started_args(call, now, SQLITE))
             self._enqueue(conn, events, now)
 
         await self._write(work)
@@ -351,51 +315,23 @@ class SqliteStore:
     async def segment_committed(
         self, segment: CommittedSegment, events: Sequence[OutboxEvent]
     ) -> None:
-        now = self._now_us()
+        now = self._clock()
 
         def work(conn: sqlite3.Connection) -> None:
-            status = conn.execute(
-                "SELECT status FROM calls WHERE call_sid = ?", (segment.call_sid,)
-            ).fetchone()
-            if status is not None and status[0] == CallStatus.ENDED:
+            row = conn.execute(_SQL(writes.CALL_STATE), (segment.call_sid,)).fetchone()
+            if row is not None and row["status"] == CallStatus.ENDED:
                 log_write_after_end("segment_committed", segment.call_sid)
                 return
             inserted = conn.execute(
-                "INSERT INTO segments (call_sid, sequence, stream_sid, speaker, track, text, "
-                "words, start_ms, end_ms, language, committed_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (call_sid, sequence) DO NOTHING",
-                (
-                    segment.call_sid,
-                    segment.sequence,
-                    segment.stream_sid,
-                    segment.speaker,
-                    str(segment.track),
-                    segment.text,
-                    json.dumps([word.to_json() for word in segment.words]),
-                    segment.start_ms,
-                    segment.end_ms,
-                    segment.language_code,
-                    to_micros(segment.committed_at),
-                ),
-            ).rowcount
-            if not inserted:
+                _SQL(writes.SEGMENT_INSERT), writes.segment_args(segment, SQLITE)
+            )
+            if inserted.fetchone() is None:
                 log.warning(
                     "store.segment_duplicate", call_sid=segment.call_sid, sequence=segment.sequence
                 )
                 return  # the same segment again: its event is already enqueued
             conn.execute(
-                "INSERT INTO calls (call_sid, status, stream_sid, created_at, segments, "
-                "language_code) VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (call_sid) DO UPDATE "
-                "SET segments = calls.segments + 1, "
-                "language_code = coalesce(excluded.language_code, calls.language_code)",
-                (
-                    segment.call_sid,
-                    CallStatus.LIVE,
-                    segment.stream_sid,
-                    now,
-                    segment.language_code,
-                ),
+                _SQL(writes.SEGMENT_COUNTED), writes.segment_counted_args(segment, now, SQLITE)
             )
             self._enqueue(conn, events, now)
 
@@ -408,51 +344,26 @@ class SqliteStore:
         events: Sequence[OutboxEvent],
         jobs: Sequence[NewJob] = (),
     ) -> None:
-        now = self._now_us()
+        now = self._clock()
         analytics, ai_summary = split_ai_summary(summary)
 
         def work(conn: sqlite3.Connection) -> None:
-            row = conn.execute(
-                "SELECT status FROM calls WHERE call_sid = ?", (ended.call_sid,)
-            ).fetchone()
+            row = conn.execute(_SQL(writes.CALL_STATE), (ended.call_sid,)).fetchone()
             if row is not None and row["status"] == CallStatus.ENDED:
                 return  # a repeated call_ended: already stored and enqueued
             conn.execute(
-                "INSERT INTO calls (call_sid, status, stream_sid, created_at, ended_at, "
-                "duration_ms, end_reason, segments, language_code, degraded, summary, "
-                "ai_summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (call_sid) DO UPDATE SET "
-                "status = excluded.status, ended_at = excluded.ended_at, "
-                "duration_ms = excluded.duration_ms, end_reason = excluded.end_reason, "
-                "segments = max(calls.segments, excluded.segments), "
-                "language_code = coalesce(excluded.language_code, calls.language_code), "
-                "degraded = excluded.degraded, summary = excluded.summary, "
-                "ai_summary = excluded.ai_summary, "
-                "stream_owner = NULL, stream_lease_expires_at = NULL",
-                (
-                    ended.call_sid,
-                    CallStatus.ENDED,
-                    ended.stream_sid,
-                    now,
-                    to_micros(ended.ended_at),
-                    ended.duration_ms,
-                    str(ended.reason),
-                    ended.segments,
-                    ended.language_code,
-                    ended.degraded,
-                    json.dumps(analytics),
-                    None if ai_summary is None else json.dumps(ai_summary),
-                ),
+                _SQL(writes.CALL_ENDED),
+                writes.call_ended_args(ended, analytics, ai_summary, now, SQLITE),
             )
             self._enqueue(conn, events, now)
-            insert_jobs(conn, jobs, now)
+            insert_jobs(conn, jobs, to_micros(now))
 
         await self._write(work)
 
     async def set_ai_summary(
         self, call_sid: str, ai_summary: Mapping[str, Any], events: Sequence[OutboxEvent]
     ) -> bool:
-        now = self._now_us()
+        now = self._clock()
 
         def work(conn: sqlite3.Connection) -> bool:
             updated = conn.execute(
@@ -469,7 +380,7 @@ class SqliteStore:
     async def set_batch_transcript(
         self, record: BatchTranscript, events: Sequence[OutboxEvent], jobs: Sequence[NewJob] = ()
     ) -> bool:
-        now = self._now_us()
+        now = self._clock()
 
         def work(conn: sqlite3.Connection) -> bool:
             inserted = conn.execute(
@@ -492,7 +403,7 @@ class SqliteStore:
             ).rowcount
             if inserted:
                 self._enqueue(conn, events, now)
-                insert_jobs(conn, jobs, now)
+                insert_jobs(conn, jobs, to_micros(now))
             return bool(inserted)
 
         return await self._write(work)
@@ -804,24 +715,14 @@ class SqliteStore:
         return await self._run(work)
 
     async def _finish(self, delivery_id: int, owner: str, status: str, error: str | None) -> bool:
-        now = self._now_us()
+        now = self._clock()
+        finished = writes.delivery_finished_args(delivery_id, owner, status, error, now, SQLITE)
 
         def work(conn: sqlite3.Connection) -> bool:
-            rows = conn.execute(
-                "UPDATE deliveries SET status = ?, is_head = 0, attempts = attempts + 1, "
-                "last_error = ?, lease_owner = NULL, lease_expires_at = NULL, finished_at = ? "
-                "WHERE delivery_id = ? AND status = 'pending' AND lease_owner = ? "
-                "RETURNING call_sid, target",
-                (status, error, now, delivery_id, owner),
-            ).fetchall()
-            if not rows:
+            row = conn.execute(_SQL(writes.DELIVERY_FINISHED), finished).fetchone()
+            if row is None:
                 return False
-            row = rows[0]
-            conn.execute(
-                "UPDATE deliveries SET is_head = 1 WHERE delivery_id = (SELECT min(delivery_id) "
-                "FROM deliveries WHERE call_sid = ? AND target = ? AND status = 'pending')",
-                (row["call_sid"], row["target"]),
-            )
+            conn.execute(_SQL(writes.NEXT_HEAD), (row["call_sid"], row["target"]))
             return True
 
         return await self._write(work)
@@ -835,25 +736,16 @@ class SqliteStore:
     async def mark_retry(
         self, delivery_id: int, owner: str, next_attempt_at: datetime, error: str
     ) -> bool:
+        retry = writes.delivery_retry_args(delivery_id, owner, next_attempt_at, error, SQLITE)
+
         def work(conn: sqlite3.Connection) -> bool:
-            return bool(
-                conn.execute(
-                    "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?, "
-                    "last_error = ?, lease_owner = NULL, lease_expires_at = NULL "
-                    "WHERE delivery_id = ? AND status = 'pending' AND lease_owner = ?",
-                    (to_micros(next_attempt_at), error, delivery_id, owner),
-                ).rowcount
-            )
+            return bool(conn.execute(_SQL(writes.DELIVERY_RETRY), retry).rowcount)
 
         return await self._write(work)
 
     async def release_claims(self, owner: str) -> int:
         def work(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL "
-                "WHERE lease_owner = ? AND status = 'pending'",
-                (owner,),
-            ).rowcount
+            return conn.execute(_SQL(writes.RELEASE_CLAIMS), (owner,)).rowcount
 
         return await self._write(work)
 
@@ -892,13 +784,9 @@ class SqliteStore:
         )
 
     async def purge_finished_deliveries(self, finished_before: datetime) -> int:
-        before = to_micros(finished_before)
+        before = SQLITE.time(finished_before)
 
         def work(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "DELETE FROM deliveries WHERE status IN ('delivered', 'failed') "
-                "AND finished_at < ?",
-                (before,),
-            ).rowcount
+            return conn.execute(_SQL(writes.PURGE_FINISHED), (before,)).rowcount
 
         return await self._write(work)
