@@ -125,8 +125,9 @@ class _MediaStream:
 
     async def run(self, start_by: float) -> None:
         ws = self._ws
+        session = self.session  # a local on the per-frame path; only _event() changes it
         while True:
-            if self.session is not None:
+            if session is not None:
                 message = await ws.receive()
             else:
                 received = await self._receive_start(start_by)
@@ -137,11 +138,13 @@ class _MediaStream:
                 try:
                     event = parse_message(message.data)
                     if isinstance(event, MediaFrame):  # the per-frame path, kept inline
-                        if self.session is None:
+                        if session is None:
                             raise ProtocolError("media before start")
-                        self.session.on_media(event.track, event.timestamp_ms, event.payload)
+                        session.on_media(event.track, event.timestamp_ms, event.payload)
                     elif not await self._event(event):
                         return
+                    else:
+                        session = self.session
                 except ProtocolError as exc:
                     await self._protocol_error(exc)
                     return
