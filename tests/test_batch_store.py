@@ -3,11 +3,8 @@ audio no pass will use."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-
-import pytest
 
 from callbridge.jobs import NewJob
 from callbridge.models import BatchStatus, BatchTranscript, Word
@@ -17,22 +14,6 @@ from callbridge.postcall.setup import sweep_once
 from callbridge.store.base import DurableStore
 from callbridge.webhooks.events import call_postcall_failed_event, call_transcript_final_event
 from tests.test_store_contract import T0, Backend, call_info, run_call, segment
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    backend = Backend(request.param, tmp_path)
-    await backend.setup()
-    yield backend
-    await backend.teardown()
-
-
-@pytest.fixture
-async def store(backend: Backend) -> AsyncIterator[DurableStore]:
-    store = backend.store()
-    await store.open()
-    yield store
-    await store.close()
 
 
 def record(call_sid: str, status: BatchStatus = BatchStatus.DONE) -> BatchTranscript:

@@ -3,31 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
-
-import pytest
 
 from callbridge.jobs.model import JobStatus, NewJob
 from callbridge.store.base import DurableStore
 from callbridge.webhooks.events import call_ended_event
 from tests.test_store_contract import T0, Backend, call_info, ended, run_call
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def backend(request: pytest.FixtureRequest, tmp_path: object) -> AsyncIterator[Backend]:
-    backend = Backend(request.param, tmp_path)  # type: ignore[arg-type]
-    await backend.setup()
-    yield backend
-    await backend.teardown()
-
-
-@pytest.fixture
-async def store(backend: Backend) -> AsyncIterator[DurableStore]:
-    store = backend.store()
-    await store.open()
-    yield store
-    await store.close()
 
 
 def at(seconds: float) -> object:

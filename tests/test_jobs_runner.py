@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +24,6 @@ from callbridge.jobs import (
 from callbridge.jobs.clock import as_datetime
 from callbridge.store.base import DurableStore
 from callbridge.testing.clock import ManualClock
-from tests.test_store_contract import Backend
 
 START = 1_700_000_000.0
 
@@ -37,22 +35,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0)
         if loop.time() > deadline:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.01)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    backend = Backend(request.param, tmp_path)
-    await backend.setup()
-    yield backend
-    await backend.teardown()
-
-
-@pytest.fixture
-async def store(backend: Backend) -> AsyncIterator[DurableStore]:
-    store = backend.store()
-    await store.open()
-    yield store
-    await store.close()
 
 
 @pytest.fixture

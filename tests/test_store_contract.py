@@ -6,7 +6,6 @@ import asyncio
 import os
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -117,22 +116,6 @@ class Backend:
             await conn.execute("INSERT INTO callbridge_schema VALUES ($1)", version)
         finally:
             await conn.close()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    backend = Backend(request.param, tmp_path)
-    await backend.setup()
-    yield backend
-    await backend.teardown()
-
-
-@pytest.fixture
-async def store(backend: Backend) -> AsyncIterator[DurableStore]:
-    store = backend.store()
-    await store.open()
-    yield store
-    await store.close()
 
 
 def call_info(call_sid: str = "CA1", started_at: datetime = T0) -> CallInfo:
