@@ -36,57 +36,23 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 
 from callbridge.testing.llm_answers import answer_for, count_tokens, token_ends
 from callbridge.testing.llm_requests import ApiError, check_request, message_text
-from callbridge.testing.local_server import LocalHttpServer
+from callbridge.testing.local_server import HttpFault, LocalHttpServer
 
 EMULATED_MODEL = "callbridge-emulated-llm"
 DEFAULT_API_KEY = "sk-emulated-test-key"
 CHAT_PATH = "/v1/chat/completions"
 
-FaultKind = Literal[
-    "rate_limit",
-    "server_error",
-    "slow",
-    "disconnect",
-    "invalid_json",
-    "truncated",
-    "schema_violation",
-    "refusal",
-]
-
 
 @dataclass(frozen=True, slots=True)
-class LLMFault:
-    """One injected fault (build them with the class methods)."""
-
-    kind: FaultKind
-    status: int = 0
-    retry_after: str | None = None
-    delay_s: float = 0.0
-
-    @classmethod
-    def rate_limit(cls, retry_after: str | None = "1") -> LLMFault:
-        """``429`` with ``Retry-After`` (seconds or an HTTP date; None leaves it out)."""
-        return cls("rate_limit", status=429, retry_after=retry_after)
-
-    @classmethod
-    def server_error(cls, status: int = 500) -> LLMFault:
-        return cls("server_error", status=status)
-
-    @classmethod
-    def slow(cls, delay_s: float) -> LLMFault:
-        """Answer normally after ``delay_s`` (a client timeout shorter than it fires)."""
-        return cls("slow", delay_s=delay_s)
-
-    @classmethod
-    def disconnect(cls) -> LLMFault:
-        """Close the connection without answering."""
-        return cls("disconnect")
+class LLMFault(HttpFault):
+    """One injected fault: those of every test double (``rate_limit``, ``server_error``,
+    ``slow``, ``disconnect``) and bad answers."""
 
     @classmethod
     def invalid_json(cls) -> LLMFault:
@@ -114,7 +80,7 @@ class EmulatedRequest:
     body: bytes
     json: Any
     status: int  # what the emulator answered (0: the connection was dropped)
-    fault: FaultKind | None
+    fault: str | None
     received_at: float = field(default_factory=time.time)
 
 
@@ -185,7 +151,7 @@ class LLMEmulator(LocalHttpServer):
     # serving --------------------------------------------------------------------------------
 
     async def _record(
-        self, request: web.Request, body: bytes, status: int, fault: FaultKind | None
+        self, request: web.Request, body: bytes, status: int, fault: str | None
     ) -> None:
         try:
             parsed = json.loads(body) if body else None

@@ -7,10 +7,41 @@ readable from :attr:`port` once started) and is an async context manager.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 from aiohttp import web
+
+
+@dataclass(frozen=True, slots=True)
+class HttpFault:
+    """One fault a test double injects into an answer (build them with the class methods);
+    each double adds the faults of its own protocol and answers them in its own format."""
+
+    kind: str
+    status: int = 0
+    retry_after: str | None = None
+    delay_s: float = 0.0
+
+    @classmethod
+    def rate_limit(cls, retry_after: str | None = "1") -> Self:
+        """``429`` with ``Retry-After`` (seconds or an HTTP date; None leaves it out)."""
+        return cls("rate_limit", status=429, retry_after=retry_after)
+
+    @classmethod
+    def server_error(cls, status: int = 500) -> Self:
+        return cls("server_error", status=status)
+
+    @classmethod
+    def slow(cls, delay_s: float) -> Self:
+        """Answer normally after ``delay_s`` (a client timeout shorter than it fires)."""
+        return cls("slow", delay_s=delay_s)
+
+    @classmethod
+    def disconnect(cls) -> Self:
+        """Close the connection without answering."""
+        return cls("disconnect")
 
 
 class LocalHttpServer:

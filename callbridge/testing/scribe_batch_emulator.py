@@ -53,7 +53,7 @@ import numpy as np
 from aiohttp import BodyPartReader, web
 
 from callbridge import event_loop
-from callbridge.testing.local_server import LocalHttpServer
+from callbridge.testing.local_server import HttpFault, LocalHttpServer
 from callbridge.testing.speech import detect_words, frame_levels_dbfs
 from callbridge.testing.speech_script import ScriptedUtterance, SpeechScript, TimedToken
 
@@ -78,7 +78,6 @@ ENTITY_CATEGORY_OF = {
 BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
             "false": False, "0": False, "no": False, "off": False}  # fmt: skip
 ISO_639_3 = {"en": "eng", "es": "spa", "fr": "fra", "de": "deu", "it": "ita", "pt": "por"}
-FaultKind = Literal["rate_limit", "server_error", "slow", "disconnect"]
 NO_KEY_TEXT = "Neither authorization header nor xi-api-key received, please provide one."
 NOT_MULTIPART_TEXT = "Expected multipart/form-data"
 RATE_LIMIT_TEXT = "Too many concurrent requests (emulated)"
@@ -89,31 +88,8 @@ THRESHOLD_TEXT = "diarization_threshold can only be set when diarize=True and nu
 
 
 @dataclass(frozen=True, slots=True)
-class BatchFault:
-    """One injected fault (build them with the class methods)."""
-
-    kind: FaultKind
-    status: int = 0
-    retry_after: str | None = None
-    delay_s: float = 0.0
-
-    @classmethod
-    def rate_limit(cls, retry_after: str | None = "1") -> BatchFault:
-        return cls("rate_limit", status=429, retry_after=retry_after)
-
-    @classmethod
-    def server_error(cls, status: int = 500) -> BatchFault:
-        return cls("server_error", status=status)
-
-    @classmethod
-    def slow(cls, delay_s: float) -> BatchFault:
-        """Answer normally after ``delay_s``."""
-        return cls("slow", delay_s=delay_s)
-
-    @classmethod
-    def disconnect(cls) -> BatchFault:
-        """Close the connection without answering."""
-        return cls("disconnect")
+class BatchFault(HttpFault):
+    """One injected fault: ``rate_limit``, ``server_error``, ``slow`` or ``disconnect``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +102,7 @@ class BatchRequest:
     files: dict[str, tuple[str | None, str | None, bytes]]  # name → (filename, type, bytes)
     ignored_fields: tuple[str, ...]
     status: int  # what was answered (0: nothing, the connection was dropped or abandoned)
-    fault: FaultKind | None
+    fault: str | None
     received_at: float = field(default_factory=time.time)
 
     def field(self, name: str) -> str | None:
