@@ -299,6 +299,17 @@ CALL_SID_PARAMETER = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$"},
 }
 
+VERSION_PARAMETER = {
+    "name": "version",
+    "in": "query",
+    "required": False,
+    "description": (
+        "live: the realtime transcript; batch: the post-call batch pass's "
+        "(CALLBRIDGE_POSTCALL=batch)"
+    ),
+    "schema": {"type": "string", "enum": ["live", "batch"], "default": "live"},
+}
+
 
 def _operation(
     operation_id: str,
@@ -477,20 +488,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                 "default": "json",
                             },
                         },
-                        {
-                            "name": "version",
-                            "in": "query",
-                            "required": False,
-                            "description": (
-                                "live: the realtime transcript; batch: the post-call batch "
-                                "pass's (CALLBRIDGE_POSTCALL=batch)"
-                            ),
-                            "schema": {
-                                "type": "string",
-                                "enum": ["live", "batch"],
-                                "default": "live",
-                            },
-                        },
+                        VERSION_PARAMETER,
                     ],
                 )
             },
@@ -515,20 +513,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     },
                     [
                         CALL_SID_PARAMETER,
-                        {
-                            "name": "version",
-                            "in": "query",
-                            "required": False,
-                            "description": (
-                                "live: the realtime transcript; batch: the post-call batch "
-                                "pass's (CALLBRIDGE_POSTCALL=batch)"
-                            ),
-                            "schema": {
-                                "type": "string",
-                                "enum": ["live", "batch"],
-                                "default": "live",
-                            },
-                        },
+                        VERSION_PARAMETER,
                     ],
                 )
             },
