@@ -16,16 +16,16 @@ Failures raise :class:`BatchError`, which says whether retrying can help: 429 (w
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+
+from callbridge.webhooks.dispatcher import parse_retry_after
 
 USER_AGENT = "callbridge-postcall/1"
 _MAX_ERROR_BYTES = 16 * 1024
@@ -134,21 +134,6 @@ def parse_transcription(raw: Any) -> BatchTranscription:
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise BatchError("protocol", f"unreadable transcription: {exc}", retryable=False) from None
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        moment = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, moment.timestamp() - time.time())
 
 
 class ScribeBatchClient:
@@ -260,7 +245,7 @@ def _status_error(status: int, detail: str, retry_after: str | None) -> BatchErr
             detail,
             retryable=True,
             status=status,
-            retry_after_s=retry_after_seconds(retry_after),
+            retry_after_s=parse_retry_after(retry_after, time.time()),
         )
     if status >= 500 or status == 408:
         return BatchError(
@@ -268,7 +253,7 @@ def _status_error(status: int, detail: str, retry_after: str | None) -> BatchErr
             f"HTTP {status}: {detail}",
             retryable=True,
             status=status,
-            retry_after_s=retry_after_seconds(retry_after),
+            retry_after_s=parse_retry_after(retry_after, time.time()),
         )
     code = "auth" if status in (401, 403) else "rejected"
     return BatchError(code, f"HTTP {status}: {detail}", retryable=False, status=status)
