@@ -101,10 +101,12 @@ async def test_a_killed_instances_calls_and_deliveries_are_finished_by_the_survi
                 "SELECT call_sid, count(*) FROM segments WHERE call_sid = ANY($1) GROUP BY 1",
                 doomed,
             )
-            # ...a POST sent just now, so that it is surely in flight when the victim dies
-            # (an earlier one may have timed out and been released for a retry).
+            # ...a POST of theirs sent just now, so that it is surely in flight when the victim
+            # dies (an earlier one may have timed out and been released for a retry).
             in_flight = any(
-                r.remote == victim.ip and time.time() - r.received_at < WEBHOOK_TIMEOUT_S / 2
+                r.remote == victim.ip
+                and r.data.get("call_sid") in doomed
+                and time.time() - r.received_at < WEBHOOK_TIMEOUT_S / 2
                 for r in receiver.requests
             )
             if len(rows) == len(doomed) and in_flight:
@@ -179,7 +181,11 @@ async def test_a_killed_instances_calls_and_deliveries_are_finished_by_the_survi
             return request.remote == survivor.ip and request.webhook_id in events
 
         await receiver.wait_for(len(events), timeout=30, predicate=resent)
-        from_victim = [r for r in receiver.requests if r.remote == victim.ip]
+        # (Any instance's dispatcher claims any due delivery, so the victim may also have
+        # sent events of the survivor's own call; those are not this story.)
+        from_victim = [
+            r for r in receiver.requests if r.remote == victim.ip and r.webhook_id in events
+        ]
         from_survivor = [r for r in receiver.requests if resent(r)]
 
         # Every event of the doomed calls reached the target from the survivor, once, its
